@@ -1,0 +1,169 @@
+"""Settings: read once from `DIGEST_*` environment variables, then frozen.
+
+A command-line flag of the same meaning wins over the variable (see `Settings.from_env`).
+Every bad value is reported with the variable's name and what a good value looks like.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from digest.errors import ConfigError
+
+PREFIX = "DIGEST_"
+SECURITY_CHOICES = ("starttls", "ssl", "none")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Settings:
+    db_path: Path = Path("digest.db")
+    subscribers_path: Path = Path("subscribers.csv")
+    arxiv_url: str = "https://export.arxiv.org/api/query"
+    arxiv_delay: float = 3.0
+    arxiv_timeout: float = 30.0
+    lookback_days: int = 7
+    smtp_host: str = "localhost"
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_user: str | None = None
+    smtp_password: str | None = field(default=None, repr=False)
+    smtp_timeout: float = 30.0
+    from_addr: str | None = None
+    smtp_connections: int = 2
+    smtp_rate: float = 0.0
+    send_at: str = "07:00"
+    timezone: str = "UTC"
+    public_url: str | None = None
+    trending: str | None = None
+    trending_url: str = "https://huggingface.co/api/daily_papers"
+    html_budget: int = 95_000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Build settings from `env` (default `os.environ`); non-None `overrides` win."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        settings = cls(
+            db_path=reader.get("DB", Path, cls.db_path),
+            subscribers_path=reader.get("SUBSCRIBERS", Path, cls.subscribers_path),
+            arxiv_url=reader.get("ARXIV_URL", _url, cls.arxiv_url),
+            arxiv_delay=reader.get("ARXIV_DELAY", _non_negative(float), cls.arxiv_delay),
+            arxiv_timeout=reader.get("ARXIV_TIMEOUT", _positive(float), cls.arxiv_timeout),
+            lookback_days=reader.get("LOOKBACK_DAYS", _positive(int), cls.lookback_days),
+            smtp_host=reader.get("SMTP_HOST", str, cls.smtp_host),
+            smtp_port=reader.get("SMTP_PORT", _port, cls.smtp_port),
+            smtp_security=reader.get("SMTP_SECURITY", _choice(SECURITY_CHOICES), "starttls"),
+            smtp_user=reader.get("SMTP_USER", str, None),
+            smtp_password=reader.get("SMTP_PASSWORD", str, None, secret=True),
+            smtp_timeout=reader.get("SMTP_TIMEOUT", _positive(float), cls.smtp_timeout),
+            from_addr=reader.get("FROM", str, None),
+            smtp_connections=reader.get("SMTP_CONNECTIONS", _positive(int), cls.smtp_connections),
+            smtp_rate=reader.get("SMTP_RATE", _non_negative(float), cls.smtp_rate),
+            send_at=reader.get("SEND_AT", _clock, cls.send_at),
+            timezone=reader.get("TIMEZONE", _zone, cls.timezone),
+            public_url=reader.get("PUBLIC_URL", _url, None),
+            trending=reader.get("TRENDING", _choice(("huggingface",)), None),
+            trending_url=reader.get("TRENDING_URL", _url, cls.trending_url),
+            html_budget=reader.get("HTML_BUDGET", _positive(int), cls.html_budget),
+        )
+        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def require_from(self) -> str:
+        """The From address, or a message that says how to set it."""
+        if not self.from_addr:
+            raise ConfigError(
+                f"{PREFIX}FROM is not set: set it to the address digests come from, "
+                f"e.g. export {PREFIX}FROM='arXiv digest <digest@example.org>'"
+            )
+        return self.from_addr
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+
+    def get(self, name: str, parse: Callable[[str], T], default: T, *, secret: bool = False) -> T:
+        raw = self.env.get(PREFIX + name)
+        if raw is None or raw.strip() == "":
+            return default
+        try:
+            return parse(raw if secret else raw.strip())
+        except (ValueError, ZoneInfoNotFoundError) as exc:
+            shown = "(hidden)" if secret else repr(raw)
+            raise ConfigError(f"{PREFIX}{name}={shown} is not valid: {exc}") from None
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = _number(kind, raw)
+        if value <= 0:  # type: ignore[operator]
+            raise ValueError("use a number greater than 0")
+        return value
+
+    return parse
+
+
+def _non_negative(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        value = _number(kind, raw)
+        if value < 0:  # type: ignore[operator]
+            raise ValueError("use 0 or a positive number")
+        return value
+
+    return parse
+
+
+def _number(kind: Callable[[str], T], raw: str) -> T:
+    try:
+        return kind(raw)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise ValueError(f"use {what}") from None
+
+
+def _port(raw: str) -> int:
+    port = _number(int, raw)
+    if not 0 < port < 65536:
+        raise ValueError("use a port number from 1 to 65535")
+    return port
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in choices:
+            raise ValueError("use one of " + ", ".join(choices))
+        return raw.lower()
+
+    return parse
+
+
+def _url(raw: str) -> str:
+    if not re.match(r"^https?://[^\s/]+", raw):
+        raise ValueError("use an http:// or https:// URL")
+    return raw.rstrip("/") if raw.endswith("/") and raw.count("/") > 3 else raw
+
+
+def _clock(raw: str) -> str:
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", raw)
+    if not match:
+        raise ValueError("use a 24-hour time as HH:MM, e.g. 07:00")
+    return f"{int(match[1]):02d}:{match[2]}"
+
+
+def _zone(raw: str) -> str:
+    try:
+        ZoneInfo(raw)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError("use an IANA time zone name, e.g. Europe/Berlin or UTC") from None
+    return raw

@@ -1,0 +1,157 @@
+"""Messages and the SMTP connection: building an email is separate from sending it."""
+
+from __future__ import annotations
+
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid, parseaddr
+from types import TracebackType
+
+from digest.config import Settings
+from digest.errors import SmtpError
+from digest.models import RenderedEmail
+
+
+def header_value(value: str) -> str:
+    """A header value on one line: CR, LF and other whitespace runs become one space."""
+    return " ".join(value.split())
+
+
+def sender_domain(sender: str) -> str:
+    address = parseaddr(sender)[1] or sender
+    return address.rpartition("@")[2] or "localhost"
+
+
+def new_message_id(sender: str) -> str:
+    return make_msgid(idstring="digest", domain=sender_domain(sender))
+
+
+def build_message(
+    rendered: RenderedEmail, *, sender: str, to: str, message_id: str, when: datetime
+) -> EmailMessage:
+    """A multipart/alternative email (text first, then HTML) with the list headers."""
+    address = parseaddr(sender)[1] or sender
+    msg = EmailMessage(policy=SMTP)
+    msg["From"] = header_value(sender)
+    msg["To"] = header_value(to)
+    msg["Subject"] = header_value(rendered.subject)
+    msg["Date"] = format_datetime(when)
+    msg["Message-ID"] = message_id
+    msg["List-Id"] = f"arXiv digest <digest.{sender_domain(sender)}>"
+    msg["List-Unsubscribe"] = f"<mailto:{address}?subject=unsubscribe>"
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(rendered.text, cte="quoted-printable")
+    msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
+    return msg
+
+
+@dataclass(frozen=True)
+class SendResult:
+    accepted: bool
+    code: int = 250
+    reply: str = ""
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+class Messenger:
+    """One SMTP connection, opened on entry and reused for every message."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.sender = settings.require_from()
+        self._smtp: smtplib.SMTP | None = None
+
+    def __enter__(self) -> Messenger:
+        self.connect()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        s = self.settings
+        where = f"{s.smtp_host}:{s.smtp_port}"
+        try:
+            if s.smtp_security == "ssl":
+                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
+                    s.smtp_host,
+                    s.smtp_port,
+                    timeout=s.smtp_timeout,
+                    context=ssl.create_default_context(),
+                )
+            else:
+                smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
+                if s.smtp_security == "starttls":
+                    smtp.starttls(context=ssl.create_default_context())
+            if s.smtp_user:
+                smtp.login(s.smtp_user, s.smtp_password or "")
+        except smtplib.SMTPAuthenticationError as exc:
+            raise SmtpError(
+                f"the mail server at {where} refused the login for {s.smtp_user!r} "
+                f"({exc.smtp_code}); check DIGEST_SMTP_USER and DIGEST_SMTP_PASSWORD"
+            ) from None
+        except smtplib.SMTPNotSupportedError as exc:
+            raise SmtpError(
+                f"the mail server at {where} does not support {exc}; "
+                f"check DIGEST_SMTP_SECURITY (starttls, ssl or none)"
+            ) from None
+        except ssl.SSLError as exc:
+            raise SmtpError(
+                f"TLS with the mail server at {where} failed ({exc.reason}); "
+                f"check DIGEST_SMTP_SECURITY and DIGEST_SMTP_PORT"
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise SmtpError(
+                f"cannot reach the mail server at {where}: {exc}; "
+                f"check DIGEST_SMTP_HOST and DIGEST_SMTP_PORT"
+            ) from None
+        self._smtp = smtp
+
+    def send(self, msg: EmailMessage, to: str) -> SendResult:
+        """Send one message. A refusal of this recipient or message is a result, not an error;
+        losing the server is an SmtpError."""
+        if self._smtp is None:
+            raise SmtpError("not connected to the mail server")
+        data = msg.as_bytes(policy=SMTP)
+        address = parseaddr(self.sender)[1] or self.sender
+        try:
+            self._smtp.sendmail(address, [to], data)
+        except smtplib.SMTPRecipientsRefused as exc:
+            code, reply = next(iter(exc.recipients.values()))
+            return SendResult(False, code, _text(reply))
+        except smtplib.SMTPDataError as exc:
+            return SendResult(False, exc.smtp_code, _text(exc.smtp_error))
+        except smtplib.SMTPSenderRefused as exc:
+            raise SmtpError(
+                f"the mail server refused the sender {address} ({exc.smtp_code} "
+                f"{_text(exc.smtp_error)}); check DIGEST_FROM"
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise SmtpError(f"lost the mail server while sending to {to}: {exc}") from None
+        return SendResult(True)
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                self._smtp.close()
+            self._smtp = None
+
+
+def _text(reply: bytes | str) -> str:
+    if isinstance(reply, bytes):
+        reply = reply.decode("utf-8", "replace")
+    return header_value(reply)

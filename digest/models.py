@@ -1,0 +1,99 @@
+"""The values that flow between the stages: plain frozen data, no behaviour with side effects."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+
+Span = tuple[int, int]
+"""A [start, end) character range of a text: a highlighted match."""
+
+_VERSIONED_ID = re.compile(r"^(?P<id>.+?)(?:v(?P<version>\d+))?$")
+
+
+def split_version(arxiv_id: str) -> tuple[str, int]:
+    """`2401.00001v2` -> (`2401.00001`, 2); an id without a version is version 1."""
+    match = _VERSIONED_ID.match(arxiv_id.strip())
+    assert match is not None  # the pattern matches any string
+    return match["id"], int(match["version"] or 1)
+
+
+@dataclass(frozen=True)
+class Paper:
+    id: str  # without version: the key for "seen" and "delivered"
+    version: int
+    title: str
+    authors: tuple[str, ...]
+    abstract: str
+    comment: str
+    categories: tuple[str, ...]
+    primary_category: str
+    published: datetime  # first version, UTC
+    updated: datetime  # this version, UTC
+    abs_url: str
+    pdf_url: str
+
+    @property
+    def versioned_id(self) -> str:
+        return f"{self.id}v{self.version}"
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    email: str  # as written in the file (normalised: no surrounding spaces)
+    keywords: tuple[str, ...]  # in the subscriber's order of preference
+    name: str = ""
+    line: int = 0  # line in subscribers.csv, for messages
+
+    @property
+    def key(self) -> str:
+        """The identity used for deliveries: addresses compare case-insensitively."""
+        return self.email.casefold()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One paper in one subscriber's email."""
+
+    paper: Paper
+    keywords: tuple[str, ...]  # every keyword of the subscriber it matched, in their order
+    title_spans: tuple[Span, ...] = ()
+    abstract_spans: tuple[Span, ...] = ()
+
+    @property
+    def section(self) -> str:
+        return self.keywords[0]
+
+
+@dataclass(frozen=True)
+class Section:
+    keyword: str
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True)
+class Digest:
+    """What one subscriber is owed today, in the order the email shows it."""
+
+    subscriber: Subscriber
+    sections: tuple[Section, ...]
+    day: str  # the digest's date, ISO, in the configured time zone
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return tuple(entry for section in self.sections for entry in section.entries)
+
+    @property
+    def paper_ids(self) -> tuple[str, ...]:
+        return tuple(entry.paper.id for entry in self.entries)
+
+
+@dataclass(frozen=True)
+class RenderedEmail:
+    subject: str
+    html: str
+    text: str
+    paper_ids: tuple[str, ...]  # exactly the papers the email shows: what "delivered" records
+    full_entries: int = 0  # how many entries are shown in full (the rest compactly)
+    deferred: tuple[str, ...] = field(default=())  # owed papers left for the next email

@@ -1,0 +1,122 @@
+"""subscribers.csv in: every valid row becomes a Subscriber, every bad row a Problem with its line.
+
+A bad row never stops the others: `load` returns both lists and the caller decides.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from email_validator import EmailNotValidError, validate_email
+
+from digest.errors import DigestError
+from digest.match import keyword_terms
+from digest.models import Subscriber
+
+REQUIRED_COLUMNS = ("email", "keywords")
+KEYWORD_SEPARATOR = ";"
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: Path
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.message}"
+
+
+def load(path: Path) -> tuple[list[Subscriber], list[Problem]]:
+    """Read the subscribers file. Raises DigestError only when the file as a whole is unusable."""
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except FileNotFoundError:
+        raise DigestError(
+            f"{path}: no such file. Create it with a header row 'email,name,keywords' "
+            f"or point DIGEST_SUBSCRIBERS at yours."
+        ) from None
+    with handle:
+        try:
+            return _parse(path, handle)
+        except UnicodeDecodeError as exc:
+            raise DigestError(f"{path}: not UTF-8 text ({exc.reason}); save it as UTF-8") from None
+        except csv.Error as exc:
+            raise DigestError(f"{path}: not a readable CSV file ({exc})") from None
+
+
+def _parse(path: Path, handle: object) -> tuple[list[Subscriber], list[Problem]]:
+    reader = csv.reader(handle)  # type: ignore[arg-type]
+    header = next(reader, None)
+    if header is None:
+        raise DigestError(f"{path}: the file is empty; it needs a header row 'email,keywords'")
+    columns = [name.strip().lower() for name in header]
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise DigestError(
+            f"{path}:1: the header has no {' or '.join(repr(m) for m in missing)} column; "
+            f"the first row must name the columns, e.g. 'email,name,keywords'"
+        )
+
+    subscribers: list[Subscriber] = []
+    problems: list[Problem] = []
+    first_line: dict[str, int] = {}
+    line = reader.line_num + 1
+    for row in reader:
+        row_line, line = line, reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue
+        values = dict(zip(columns, row, strict=False))
+        subscriber, problem = _subscriber(values, row_line)
+        if problem:
+            problems.append(Problem(path, row_line, problem))
+            continue
+        assert subscriber is not None
+        if subscriber.key in first_line:
+            problems.append(
+                Problem(
+                    path,
+                    row_line,
+                    f"{subscriber.email} is already listed on line {first_line[subscriber.key]}; "
+                    f"keep one row per address",
+                )
+            )
+            continue
+        first_line[subscriber.key] = row_line
+        subscribers.append(subscriber)
+    return subscribers, problems
+
+
+def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, str | None]:
+    raw_email = (values.get("email") or "").strip()
+    if not raw_email:
+        return None, "the email column is empty"
+    try:
+        email = validate_email(raw_email, check_deliverability=False).normalized
+    except EmailNotValidError as exc:
+        return None, f"{raw_email!r} is not an email address: {exc}"
+    keywords = parse_keywords(values.get("keywords") or "")
+    if not keywords:
+        return None, f"{email} has no keyword; list phrases separated by ';' in 'keywords'"
+    unusable = [k for k in keywords if not keyword_terms(k)]
+    if unusable:
+        return None, (
+            f"keyword {unusable[0]!r} of {email} has no letters or digits to search for; "
+            f"use words, e.g. 'graph neural network'"
+        )
+    name = (values.get("name") or "").strip()
+    return Subscriber(email=email, keywords=keywords, name=name, line=line), None
+
+
+def parse_keywords(cell: str) -> tuple[str, ...]:
+    """Split a keywords cell; drop empty and repeated (case-insensitive) phrases, keep order."""
+    seen: set[str] = set()
+    keywords: list[str] = []
+    for part in cell.split(KEYWORD_SEPARATOR):
+        keyword = " ".join(part.split())
+        if keyword and keyword.casefold() not in seen:
+            seen.add(keyword.casefold())
+            keywords.append(keyword)
+    return tuple(keywords)
