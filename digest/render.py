@@ -25,7 +25,7 @@ from digest.models import Digest, Entry, RenderedEmail, Span
 
 MAX_AUTHORS = 5
 ABSTRACT_CHARS = 600
-COMPACT_LIMIT_NOTE = "more papers will follow in your next digest"
+DOCTYPE = "<!doctype html>\n"
 
 
 def templates_dir() -> Path:
@@ -152,12 +152,14 @@ def _context(digest: Digest, full: int, shown: int, sender: str) -> dict[str, ob
 def render_html(context: dict[str, object]) -> str:
     mjml_source = _env(True).get_template("digest.mjml").render(context)
     html = mjml2html(mjml_source, fonts={}, disable_comments=True)
-    return premailer.transform(
+    inlined = premailer.transform(
         html,
         allow_network=False,
         cssutils_logging_level=logging.CRITICAL,
         disable_validation=True,
     )
+    # premailer drops the doctype; without it clients render in quirks mode.
+    return inlined if inlined.lstrip().lower().startswith("<!doctype") else DOCTYPE + inlined
 
 
 def render_text(context: dict[str, object]) -> str:

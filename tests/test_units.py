@@ -1,0 +1,74 @@
+"""The pure middle: matching rules, query building, shortening, settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from digest.config import Settings
+from digest.errors import ConfigError
+from digest.fetch import build_queries
+from digest.match import fts_phrase, merge_spans, needs_literal, spans_from_highlight
+from digest.models import split_version
+from digest.render import author_line, highlight, shorten
+from digest.subscribers import parse_keywords
+
+
+def test_keywords_become_plain_phrases() -> None:
+    assert fts_phrase("Reward Model") == '"reward model"'
+    assert fts_phrase('a" OR "b') == '"a or b"'
+    assert fts_phrase("NEAR(x y)") == '"near x y"'
+    assert fts_phrase("***") is None
+    assert needs_literal("C++") and needs_literal("C#")
+    assert not needs_literal("self-attention") and not needs_literal("O'Brien")
+
+
+def test_queries_pack_keywords_and_never_pass_syntax() -> None:
+    queries = build_queries(["reward model", 'x") OR au:"y', "Reward  model"])
+    assert queries == [
+        'ti:"reward model" OR abs:"reward model" OR ti:"x or au y" OR abs:"x or au y"'
+    ]
+    many = build_queries([f"keyword number {i}" for i in range(200)], max_chars=1500)
+    assert 1 < len(many) < 200
+    assert all(len(q) <= 1500 for q in many)
+    assert sum(q.count("ti:") for q in many) == 200
+
+
+def test_highlight_spans_round_trip() -> None:
+    marked = "A \x02reward model\x03 and \x02reward models\x03."
+    spans = spans_from_highlight(marked)
+    text = marked.replace("\x02", "").replace("\x03", "")
+    assert [text[a:b] for a, b in spans] == ["reward model", "reward models"]
+    assert merge_spans([(0, 3), (5, 9)], [(2, 6)]) == ((0, 9),)
+    assert str(highlight("a <b> c", [(2, 5)])) == 'a <span class="hl">&lt;b&gt;</span> c'
+    assert str(highlight("abc", [(1, 99)])) == 'a<span class="hl">bc</span>'
+
+
+def test_shortening() -> None:
+    assert shorten("one two three", 100) == "one two three"
+    assert shorten("one two three four", 9) == "one two"
+    assert author_line(["A", "B"]) == "A, B"
+    assert author_line([str(i) for i in range(8)]) == "0, 1, 2, 3, 4 et al. (8 authors)"
+
+
+def test_ids_lose_their_version() -> None:
+    assert split_version("2401.00001v2") == ("2401.00001", 2)
+    assert split_version("quant-ph/0201082v1") == ("quant-ph/0201082", 1)
+    assert split_version("2401.00001") == ("2401.00001", 1)
+
+
+def test_keyword_cells() -> None:
+    assert parse_keywords(" reward  model ;Reasoning; ;reward model;") == (
+        "reward model",
+        "Reasoning",
+    )
+
+
+def test_settings_from_environment() -> None:
+    settings = Settings.from_env(
+        {"DIGEST_SMTP_PORT": "2525", "DIGEST_SMTP_SECURITY": "SSL", "DIGEST_SEND_AT": "7:05"}
+    )
+    assert (settings.smtp_port, settings.smtp_security, settings.send_at) == (2525, "ssl", "07:05")
+    assert Settings.from_env({"DIGEST_DB": "x.db"}, db_path=None).db_path.name == "x.db"
+    with pytest.raises(ConfigError, match="DIGEST_TIMEZONE='Mars/Base' is not valid"):
+        Settings.from_env({"DIGEST_TIMEZONE": "Mars/Base"})
+    assert "hunter2" not in repr(Settings.from_env({"DIGEST_SMTP_PASSWORD": "hunter2"}))
