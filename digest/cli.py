@@ -15,7 +15,7 @@ import click
 from digest import __version__
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.pipeline import Outcome, RunReport, run_send
+from digest.pipeline import Outcome, RunReport, enable_address, run_send
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,10 +80,14 @@ def send(dry_run: bool, out: Path, db: Path | None, subscribers: Path | None) ->
 def _print_outcome(outcome: Outcome) -> None:
     if outcome.status == "nothing-new":
         click.echo(f"{outcome.email}: nothing new")
-    elif outcome.status == "failed":
+    elif outcome.status == "suspended":
+        click.echo(f"{outcome.email}: {outcome.detail}")
+    elif outcome.status in ("failed", "deferred", "pending"):
         click.echo(f"{outcome.email}: NOT sent: {outcome.detail}")
     else:
         what = "sent" if outcome.status == "sent" else "preview written"
+        if outcome.resumed:
+            what += " (finishing an interrupted run, same Message-ID)"
         size = f"{outcome.size / 1024:.0f} KB"
         click.echo(f"{outcome.email}: {outcome.papers} papers, {size}, {what}")
 
@@ -95,7 +99,27 @@ def _print_report(report: RunReport, out: Path) -> None:
         click.echo(f"Dry run: {fetched}; {previews} previews in {out}/; nothing sent or recorded.")
     else:
         click.echo(f"{fetched}; {report.sent} emails sent, {len(report.failed)} failed.")
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     for problem in report.problems:
         click.echo(f"Error: {problem}", err=True)
     for outcome in report.failed:
         click.echo(f"Error: {outcome.email}: {outcome.detail}", err=True)
+
+
+@main.group()
+def subscribers() -> None:
+    """Manage the subscribers."""
+
+
+@subscribers.command()
+@click.argument("email")
+@db_option
+@user_errors
+def enable(email: str, db: Path | None) -> None:
+    """Send to EMAIL again after it was suspended for repeated permanent failures."""
+    lifted = enable_address(Settings.from_env(db_path=db), email)
+    if lifted is None:
+        click.echo(f"{email} is not suspended; nothing changed.")
+    else:
+        click.echo(f"{email} is enabled again (suspended since {lifted.since}: {lifted.reason}).")

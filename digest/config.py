@@ -44,6 +44,11 @@ class Settings:
     trending: str | None = None
     trending_url: str = "https://huggingface.co/api/daily_papers"
     html_budget: int = 95_000
+    arxiv_page_size: int = 200
+    arxiv_retries: int = 3
+    smtp_retries: int = 3
+    retry_backoff: float = 5.0
+    suspend_after: int = 3
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -72,6 +77,11 @@ class Settings:
             trending=reader.get("TRENDING", _choice(("huggingface",)), None),
             trending_url=reader.get("TRENDING_URL", _url, cls.trending_url),
             html_budget=reader.get("HTML_BUDGET", _positive(int), cls.html_budget),
+            arxiv_page_size=reader.get("ARXIV_PAGE_SIZE", _page_size, cls.arxiv_page_size),
+            arxiv_retries=reader.get("ARXIV_RETRIES", _non_negative(int), cls.arxiv_retries),
+            smtp_retries=reader.get("SMTP_RETRIES", _non_negative(int), cls.smtp_retries),
+            retry_backoff=reader.get("RETRY_BACKOFF", _non_negative(float), cls.retry_backoff),
+            suspend_after=reader.get("SUSPEND_AFTER", _positive(int), cls.suspend_after),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -137,6 +147,13 @@ def _port(raw: str) -> int:
     if not 0 < port < 65536:
         raise ValueError("use a port number from 1 to 65535")
     return port
+
+
+def _page_size(raw: str) -> int:
+    size = _number(int, raw)
+    if not 0 < size <= 2000:
+        raise ValueError("use a whole number from 1 to 2000 (arXiv's largest page)")
+    return size
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:

@@ -8,10 +8,13 @@ the client takes an error page or an empty first page for "no results", and we m
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import arxiv
@@ -81,12 +84,59 @@ class ArxivSession(requests.Session):
         try:
             response = super().request(method, url, *args, **kwargs)
         except requests.Timeout:
-            raise FetchError(f"arXiv did not answer within {self.timeout:g} s") from None
+            raise TransientFetchError(f"arXiv did not answer within {self.timeout:g} s") from None
         except requests.ConnectionError as exc:
-            raise FetchError(f"cannot reach arXiv at {_origin(str(url))}: {exc}") from None
+            raise TransientFetchError(f"cannot reach arXiv at {_origin(str(url))}: {exc}") from None
         if response.status_code == 200:
             check_page(response.content)
+        elif response.status_code == 429 or response.status_code >= 500:
+            raise TransientFetchError(
+                f"arXiv answered HTTP {response.status_code} to {_origin(str(url))}",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            )
+        elif response.status_code == 400:
+            check_page(response.content)  # arXiv's error feed says what it rejected
+            raise FetchError(f"arXiv answered HTTP 400 to {_origin(str(url))}")
         return response
+
+
+class TransientFetchError(FetchError):
+    """A failure worth retrying (busy, unreachable, slow, glitched); `retry_after` is the wait
+    arXiv asked for, in seconds, when it asked."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+MAX_RETRY_AFTER = 300.0  # seconds: a longer wait asked by arXiv fails the fetch instead
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """A Retry-After header (seconds, or an HTTP date) as seconds from now; None if absent/bad."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def retry_delay(attempt: int, backoff: float, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): `backoff` doubled each time,
+    or longer when the server asked for longer with Retry-After."""
+    delay = backoff * 2 ** (attempt - 1)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
 
 
 def check_page(content: bytes) -> None:
@@ -94,9 +144,11 @@ def check_page(content: bytes) -> None:
     try:
         root = etree.fromstring(content, parser=_PARSER)
     except etree.XMLSyntaxError as exc:
-        raise FetchError(f"arXiv answered something that is not an Atom feed ({exc})") from None
+        raise TransientFetchError(
+            f"arXiv answered something that is not an Atom feed ({exc})"
+        ) from None
     if root is None or root.tag != f"{_ATOM}feed":
-        raise FetchError("arXiv answered something that is not an Atom feed")
+        raise TransientFetchError("arXiv answered something that is not an Atom feed")
     entries = root.findall(f"{_ATOM}entry")
     for entry in entries:
         if (entry.findtext(f"{_ATOM}title") or "").strip() == "Error":
@@ -104,9 +156,12 @@ def check_page(content: bytes) -> None:
             raise FetchError(f"arXiv rejected the query: {summary or 'no reason given'}")
     total = _int(root.findtext(f"{_OPENSEARCH}totalResults"))
     start = _int(root.findtext(f"{_OPENSEARCH}startIndex"))
-    if not entries and total is not None and start is not None and start < total:
-        raise FetchError(
-            f"arXiv answered an empty page at result {start} of {total}; "
+    # A later page (start > 0) is only asked for when the first announced more results, and a
+    # first page claiming results must carry them: either way an empty page is a glitch.
+    if not entries and ((start or 0) > 0 or (total or 0) > 0):
+        of_total = f" of {total}" if total is not None and (start or 0) < total else ""
+        raise TransientFetchError(
+            f"arXiv answered an empty page at result {start or 0}{of_total}; "
             f"that is an arXiv glitch, not 'no new papers'"
         )
 
@@ -143,15 +198,26 @@ def to_paper(result: arxiv.Result) -> Paper:
 
 
 def fetch(
-    keywords: Iterable[str], *, url: str, since: datetime, delay: float, timeout: float
+    keywords: Iterable[str],
+    *,
+    url: str,
+    since: datetime,
+    delay: float,
+    timeout: float,
+    retries: int = 0,
+    backoff: float = 0.0,
+    page_size: int = PAGE_SIZE,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> FetchResult:
     """Every paper matching any keyword whose first version is at or after `since`.
 
     Newest first, one query per chunk of keywords; paging stops at the first older paper.
-    Raises FetchError on any failure: a partial fetch must never look like a complete one.
+    A busy, slow or glitching arXiv is asked again up to `retries` times, waiting `backoff`
+    seconds (doubling) or what its Retry-After says; paging resumes where it failed.
+    Raises FetchError when that is not enough: a partial fetch must never look complete.
     """
     session = ArxivSession(timeout)
-    client = arxiv.Client(page_size=PAGE_SIZE, delay_seconds=delay, num_retries=0)
+    client = arxiv.Client(page_size=page_size, delay_seconds=delay, num_retries=0)
     client.query_url_format = url + "?{}"
     client._session = session  # the documented knobs have no timeout or User-Agent
     queries = build_queries(keywords)
@@ -163,18 +229,42 @@ def fetch(
             sort_by=arxiv.SortCriterion.SubmittedDate,
             sort_order=arxiv.SortOrder.Descending,
         )
-        try:
-            for result in client.results(search):
-                if result.published < since:
-                    break
-                paper = to_paper(result)
-                known = papers.get(paper.id)
-                if known is None or known.version < paper.version:
-                    papers[paper.id] = paper
-        except arxiv.HTTPError as exc:
-            raise FetchError(f"arXiv answered HTTP {exc.status} to {_origin(exc.url)}") from None
-        except arxiv.UnexpectedEmptyPageError:
-            raise FetchError("arXiv answered an empty page in the middle of the results") from None
+        offset, attempt = 0, 0
+        while True:
+            try:
+                for result in client.results(search, offset=offset):
+                    offset += 1
+                    if result.published < since:
+                        break
+                    paper = to_paper(result)
+                    known = papers.get(paper.id)
+                    if known is None or known.version < paper.version:
+                        papers[paper.id] = paper
+                break
+            except (TransientFetchError, arxiv.UnexpectedEmptyPageError) as exc:
+                if isinstance(exc, arxiv.UnexpectedEmptyPageError):
+                    exc = TransientFetchError(
+                        f"arXiv answered an empty page at result {offset}; "
+                        f"that is an arXiv glitch, not 'no new papers'"
+                    )
+                attempt += 1
+                wait = retry_delay(attempt, backoff, exc.retry_after)
+                if attempt > retries or wait > MAX_RETRY_AFTER:
+                    tries = f"{attempt} tries" if attempt > 1 else "1 try"
+                    raise FetchError(f"{exc} (gave up after {tries})") from None
+                asked = " as asked by Retry-After" if exc.retry_after is not None else ""
+                log.warning(
+                    "%s; asking again in %g s%s (retry %d of %d)",
+                    exc,
+                    wait,
+                    asked,
+                    attempt,
+                    retries,
+                )
+                sleep(wait)
+            except arxiv.HTTPError as exc:  # pragma: no cover - the session raises first
+                status, origin = exc.status, _origin(exc.url)
+                raise FetchError(f"arXiv answered HTTP {status} to {origin}") from None
     log.info("fetched %d papers from arXiv in %d requests", len(papers), session.count)
     return FetchResult(papers=list(papers.values()), requests=session.count, queries=len(queries))
 

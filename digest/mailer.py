@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import smtplib
 import ssl
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -51,13 +54,45 @@ def build_message(
 
 @dataclass(frozen=True)
 class SendResult:
+    """How one message fared: accepted (250), refused (`code` and the server's `reply`), or
+    `lost`: the connection closed (a 421 or a drop) before the server said 250."""
+
     accepted: bool
     code: int = 250
     reply: str = ""
+    lost: bool = False
 
     @property
     def permanent(self) -> bool:
         return 500 <= self.code < 600
+
+    @property
+    def detail(self) -> str:
+        if self.lost:
+            return f"the mail server closed the connection ({self.reply})"
+        kind = "refused it" if self.permanent else "deferred it"
+        return f"the mail server {kind}: {self.code} {self.reply}"
+
+
+class Spacer:
+    """Keeps events at least 1/`rate` seconds apart (rate 0: no limit)."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self.clock, self.sleep = clock, sleep
+        self._last: float | None = None
+
+    def wait(self) -> None:
+        if self.interval and self._last is not None:
+            remaining = self._last + self.interval - self.clock()
+            if remaining > 0:
+                self.sleep(remaining)
+        self._last = self.clock()
 
 
 class Messenger:
@@ -67,6 +102,7 @@ class Messenger:
         self.settings = settings
         self.sender = settings.require_from()
         self._smtp: smtplib.SMTP | None = None
+        self.spacer = Spacer(settings.smtp_rate)
 
     def __enter__(self) -> Messenger:
         self.connect()
@@ -79,6 +115,10 @@ class Messenger:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._smtp is not None
 
     def connect(self) -> None:
         s = self.settings
@@ -120,27 +160,45 @@ class Messenger:
         self._smtp = smtp
 
     def send(self, msg: EmailMessage, to: str) -> SendResult:
-        """Send one message. A refusal of this recipient or message is a result, not an error;
-        losing the server is an SmtpError."""
+        """Send one message, (re)connecting first when needed. A refusal of this recipient or
+        message, or a connection lost in the middle, is a result; not reaching the server (or
+        it refusing the login or the sender) is an SmtpError."""
         if self._smtp is None:
-            raise SmtpError("not connected to the mail server")
+            self.connect()
+        assert self._smtp is not None
         data = msg.as_bytes(policy=SMTP)
         address = parseaddr(self.sender)[1] or self.sender
+        self.spacer.wait()
         try:
             self._smtp.sendmail(address, [to], data)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
-            return SendResult(False, code, _text(reply))
+            return self._refused(code, reply)
         except smtplib.SMTPDataError as exc:
-            return SendResult(False, exc.smtp_code, _text(exc.smtp_error))
+            return self._refused(exc.smtp_code, exc.smtp_error)
         except smtplib.SMTPSenderRefused as exc:
+            if exc.smtp_code == 421:
+                return self._refused(exc.smtp_code, exc.smtp_error)
             raise SmtpError(
                 f"the mail server refused the sender {address} ({exc.smtp_code} "
                 f"{_text(exc.smtp_error)}); check DIGEST_FROM"
             ) from None
         except (OSError, smtplib.SMTPException) as exc:
-            raise SmtpError(f"lost the mail server while sending to {to}: {exc}") from None
+            self._drop()
+            return SendResult(False, 0, str(exc) or type(exc).__name__, lost=True)
         return SendResult(True)
+
+    def _refused(self, code: int, reply: bytes | str) -> SendResult:
+        if code == 421:  # the server is closing the connection: reconnect for the next one
+            self._drop()
+            return SendResult(False, code, f"421 {_text(reply)}", lost=True)
+        return SendResult(False, code, _text(reply))
+
+    def _drop(self) -> None:
+        if self._smtp is not None:
+            with contextlib.suppress(OSError):
+                self._smtp.close()
+            self._smtp = None
 
     def close(self) -> None:
         if self._smtp is not None:

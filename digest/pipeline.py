@@ -1,42 +1,50 @@
 """The one place that wires the stages: fetch -> store -> match -> render -> send -> record.
 
 A paper is recorded as delivered to a subscriber only after the mail server accepted that
-subscriber's email. One subscriber's failure (a bad row, a render error, a refused address) is
-reported and skipped; a failed fetch or a lost mail server stops the run before anything more
-is sent or recorded.
+subscriber's email. Each email is committed to the outbox (pending) before it is sent; a run
+first finishes the pending emails an earlier run left (same Message-ID), then builds new ones.
+One subscriber's failure (a bad row, a render error, a refused address) is reported and
+skipped; a failed fetch or a lost mail server stops the run before anything more is sent.
+Only one `digest send` runs on a database at a time.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from email.message import EmailMessage
 from pathlib import Path
 
+import filelock
 import sqlite_utils
 
+from digest import announce, store, subscribers
 from digest import fetch as fetch_stage
 from digest import render as render_stage
-from digest import store, subscribers
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.mailer import Messenger, build_message, new_message_id
+from digest.mailer import Messenger, SendResult, build_message, new_message_id
 from digest.match import Hit, literal_pattern, literal_spans, needs_literal, plan_digest
 from digest.models import Digest, Paper, RenderedEmail, Subscriber
 
 log = logging.getLogger(__name__)
 
 PREVIEW_SENDER = "arXiv digest <digest@localhost>"
+FAILED = ("failed", "deferred", "pending")  # outcomes that leave an email owed
 
 
 @dataclass(frozen=True)
 class Outcome:
     email: str
-    status: str  # sent | failed | previewed | nothing-new
+    status: str  # sent | failed | deferred | pending | previewed | nothing-new | suspended
     papers: int = 0
     size: int = 0  # bytes of the whole message
     detail: str = ""
+    resumed: bool = False  # a pending email of an earlier run, sent again as it was
 
 
 @dataclass
@@ -47,6 +55,7 @@ class RunReport:
     arxiv_requests: int = 0
     outcomes: list[Outcome] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line each, for standard error
+    warnings: list[str] = field(default_factory=list)  # suspicious but not a failure
 
     @property
     def sent(self) -> int:
@@ -54,7 +63,7 @@ class RunReport:
 
     @property
     def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
+        return [o for o in self.outcomes if o.status in FAILED]
 
     @property
     def ok(self) -> bool:
@@ -77,24 +86,49 @@ def run_send(
     sender = PREVIEW_SENDER if dry_run and not settings.from_addr else settings.require_from()
 
     db = store.open_db(settings.db_path)
-    report.run_id = run_id = store.start_run(db, "dry-run" if dry_run else "send")
-    try:
-        _run(db, settings, people, sender, now, report, out_dir, progress)
-    except DigestError as exc:
-        store.finish_run(db, run_id, "failed", message=str(exc), **_counts(report))
-        raise
-    status = "ok" if report.ok else "failed"
-    message = "; ".join([*report.problems, *(f"{o.email}: {o.detail}" for o in report.failed)])
-    store.finish_run(db, run_id, status, message=message, **_counts(report))
+    with run_lock(settings.db_path, shared=dry_run):
+        report.run_id = run_id = store.start_run(db, "dry-run" if dry_run else "send")
+        try:
+            _run(db, settings, people, sender, now, report, out_dir, progress)
+        except DigestError as exc:
+            store.finish_run(db, run_id, "failed", message=str(exc), **_counts(report))
+            raise
+        status = "ok" if report.ok else "failed"
+        message = "; ".join([*report.problems, *(f"{o.email}: {o.detail}" for o in report.failed)])
+        store.finish_run(db, run_id, status, message=message, **_counts(report))
     return report
 
 
-def _counts(report: RunReport) -> dict[str, int]:
+@contextmanager
+def run_lock(db_path: Path, *, shared: bool = False) -> Iterator[None]:
+    """Only one `digest send` per database at a time. The lock is an OS file lock next to the
+    database, so a run that dies (even by kill -9) holds it no longer. A dry run sends nothing
+    and does not take it."""
+    if shared:
+        yield
+        return
+    path = f"{db_path}.lock"
+    lock = filelock.FileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise DigestError(
+            f"another `digest send` is running on {db_path} (it holds {path}); this run did "
+            f"nothing. Wait for it to finish; a run that died holds no lock."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _counts(report: RunReport) -> dict[str, object]:
     return {
         "papers_fetched": report.papers_fetched,
         "arxiv_requests": report.arxiv_requests,
         "emails_sent": report.sent,
         "emails_failed": len(report.failed),
+        "warning": "; ".join(report.warnings) or None,
     }
 
 
@@ -108,34 +142,81 @@ def _run(
     out_dir: Path,
     progress: Callable[[Outcome], None] | None,
 ) -> None:
-    if not people:
-        return
-    since = fetch_stage.lookback_start(now, settings.lookback_days)
-    keywords = distinct_keywords(people)
-    fetched = fetch_stage.fetch(
-        keywords,
-        url=settings.arxiv_url,
-        since=since,
-        delay=settings.arxiv_delay,
-        timeout=settings.arxiv_timeout,
-    )
-    report.papers_fetched, report.arxiv_requests = len(fetched.papers), fetched.requests
-    store.save_papers(db, fetched.papers)
+    def emit(outcome: Outcome) -> None:
+        report.outcomes.append(outcome)
+        if progress:
+            progress(outcome)
 
-    hits, papers = match_keywords(db, keywords, since)
     day = now.astimezone(settings.tz).date().isoformat()
-    outbox = _Outbox(db, settings, sender, report.run_id or 0, dry_run=report.dry_run, out=out_dir)
+    suspended = store.suspensions(db)
+    outbox = _Outbox(
+        db, settings, sender, report.run_id or 0, dry_run=report.dry_run, out=out_dir, emit=emit
+    )
     try:
+        if not report.dry_run:  # first, what an earlier run committed but did not finish
+            by_key = {person.key: person for person in people}
+            for pending in store.pending_emails(db):
+                outbox.resume(pending, by_key.get(pending.subscriber), suspended, day, now)
+            outbox.finish_retries()
+        if not people:
+            return
+        since = fetch_stage.lookback_start(now, settings.lookback_days)
+        keywords = distinct_keywords(people)
+        fetched = fetch_stage.fetch(
+            keywords,
+            url=settings.arxiv_url,
+            since=since,
+            delay=settings.arxiv_delay,
+            timeout=settings.arxiv_timeout,
+            retries=settings.arxiv_retries,
+            backoff=settings.retry_backoff,
+            page_size=settings.arxiv_page_size,
+        )
+        report.papers_fetched, report.arxiv_requests = len(fetched.papers), fetched.requests
+        store.save_papers(db, fetched.papers)
+        report.warnings.extend(_check_fetch(db, report.run_id or 0, fetched.papers, now))
+
+        hits, papers = match_keywords(db, keywords, since)
         for person in people:
+            if person.key in suspended and not report.dry_run:
+                s = suspended[person.key]
+                emit(
+                    Outcome(
+                        person.email,
+                        "suspended",
+                        detail=f"suspended since {s.since} ({s.reason}); nothing sent. "
+                        f"`digest subscribers enable {person.email}` sends to it again",
+                    )
+                )
+                continue
             candidates = {pid for k in person.keywords for pid in hits.get(k.casefold(), {})}
-            delivered = store.delivered_ids(db, person.key, candidates)
-            digest = plan_digest(person, hits, papers, delivered, day)
-            outcome = outbox.deliver(digest, now)
-            report.outcomes.append(outcome)
-            if progress:
-                progress(outcome)
+            taken = store.taken_ids(db, person.key, candidates)
+            digest = plan_digest(person, hits, papers, taken, day)
+            outbox.deliver(digest, now)
+        outbox.finish_retries()
     finally:
         outbox.close()
+
+
+def _check_fetch(
+    db: sqlite_utils.Database, run_id: int, papers: list[Paper], now: datetime
+) -> list[str]:
+    """Record the successful fetch; a warning when it found nothing new although arXiv
+    announced papers since the last fetch."""
+    previous = store.last_fetch(db, run_id)
+    newest = max((store.now_iso(p.published) for p in papers), default=None)
+    store.record_fetch(db, run_id, newest, now)
+    last_fetch, seen_up_to = previous if previous else (None, None)
+    new = [p for p in papers if seen_up_to is None or store.now_iso(p.published) > seen_up_to]
+    if new or not announce.new_papers_expected(now, last_fetch):
+        return []
+    when = announce.last_announcement(now).strftime("%A %d %B %H:%M")
+    warning = (
+        f"arXiv returned no new papers although it announced new ones ({when} US Eastern); "
+        f"nothing was lost, but if this repeats check DIGEST_ARXIV_URL and arXiv's status"
+    )
+    log.warning(warning)
+    return [warning]
 
 
 def distinct_keywords(people: Iterable[Subscriber]) -> list[str]:
@@ -155,6 +236,14 @@ def match_keywords(
     for keyword in keywords:
         hits[keyword.casefold()] = store.keyword_hits(db, keyword, since)
     papers = store.papers_by_id(db, (pid for found in hits.values() for pid in found))
+    _literal_filter(keywords, hits, papers)
+    return hits, papers
+
+
+def _literal_filter(
+    keywords: Iterable[str], hits: dict[str, dict[str, Hit]], papers: dict[str, Paper]
+) -> None:
+    """Keywords whose meaning is in symbols (C++) must also appear literally."""
     for keyword in keywords:
         if needs_literal(keyword):
             pattern = literal_pattern(keyword)
@@ -165,11 +254,29 @@ def match_keywords(
                 if title_spans or abstract_spans:
                     found[pid] = (title_spans, abstract_spans)
             hits[keyword.casefold()] = found
-    return hits, papers
+
+
+@dataclass
+class _Item:
+    """One email on its way: what to send and what became of the last try."""
+
+    person: Subscriber
+    message_id: str
+    msg: EmailMessage
+    papers: int
+    size: int
+    resumed: bool = False
+    last: SendResult | None = None
 
 
 class _Outbox:
-    """Renders each digest and either previews it or sends it, recording only what was accepted."""
+    """Renders each digest and either previews it or sends it, recording only what was accepted.
+
+    A refusal for now (4xx) or a lost connection is tried again within the run, `smtp_retries`
+    times with a doubling backoff, after the other subscribers; then a refused email is left
+    for the next run (deferred: its papers go in the next email), an email whose fate is
+    unknown stays pending (sent again as it was). A 5xx is final and counts towards suspending
+    the address."""
 
     def __init__(
         self,
@@ -180,24 +287,22 @@ class _Outbox:
         *,
         dry_run: bool,
         out: Path,
+        emit: Callable[[Outcome], None],
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.db, self.settings, self.sender, self.run_id = db, settings, sender, run_id
-        self.dry_run, self.out = dry_run, out
+        self.dry_run, self.out, self.emit, self.sleep = dry_run, out, emit, sleep
         self.messenger: Messenger | None = None
+        self.retry: list[_Item] = []
 
-    def deliver(self, digest: Digest, now: datetime) -> Outcome:
+    def deliver(self, digest: Digest, now: datetime) -> None:
         person = digest.subscriber
         if not digest.entries:
-            return Outcome(person.email, "nothing-new")
-        try:
-            rendered = render_stage.render(
-                digest, sender=self.sender, budget=self.settings.html_budget
-            )
-        except Exception as exc:  # a template or data bug must skip one subscriber, not the run
-            log.exception("rendering the digest for %s failed", person.email)
-            return Outcome(person.email, "failed", detail=f"could not render the email: {exc!r}")
-        if not rendered.paper_ids:
-            return Outcome(person.email, "failed", detail="not even one paper fits in an email")
+            self.emit(Outcome(person.email, "nothing-new"))
+            return
+        rendered = self._render(digest)
+        if rendered is None:
+            return
         message_id = new_message_id(self.sender)
         msg = build_message(
             rendered, sender=self.sender, to=person.email, message_id=message_id, when=now
@@ -205,22 +310,131 @@ class _Outbox:
         size = len(msg.as_bytes())
         if self.dry_run:
             self._preview(person, rendered, msg.as_bytes())
-            return Outcome(person.email, "previewed", len(rendered.paper_ids), size)
-        store.add_pending_email(self.db, self.run_id, person.key, message_id, rendered.paper_ids)
+            self.emit(Outcome(person.email, "previewed", len(rendered.paper_ids), size))
+            return
+        self._connect()  # an unreachable server stops the run before anything is committed
+        store.add_pending_email(
+            self.db, self.run_id, person.key, message_id, rendered.paper_ids, digest.day
+        )
+        self._attempt(_Item(person, message_id, msg, len(rendered.paper_ids), size))
+
+    def resume(
+        self,
+        pending: store.PendingEmail,
+        person: Subscriber | None,
+        suspended: dict[str, store.Suspension],
+        today: str,
+        now: datetime,
+    ) -> None:
+        """Send a pending email of an earlier run again, as it was: same papers, same
+        Message-ID (a reader's mail program can then drop it if the first one did arrive)."""
+        if person is None:
+            store.mark_cancelled(
+                self.db, pending.message_id, "the address is no longer in the subscribers file"
+            )
+            return
+        if person.key in suspended:
+            return  # stays pending until the address is enabled again
+        hits = {
+            keyword.casefold(): store.keyword_hits(self.db, keyword, None, pending.paper_ids)
+            for keyword in person.keywords
+        }
+        papers = store.papers_by_id(self.db, pending.paper_ids)
+        _literal_filter(person.keywords, hits, papers)
+        digest = plan_digest(person, hits, papers, set(), pending.day or today)
+        rendered = self._render(digest) if digest.entries else None
+        if rendered is None or not rendered.paper_ids:
+            if not digest.entries:  # its papers no longer match the subscriber's keywords
+                store.mark_cancelled(
+                    self.db, pending.message_id, "its papers no longer match the keywords"
+                )
+            return
+        if set(rendered.paper_ids) != set(pending.paper_ids):
+            store.set_email_papers(self.db, pending.message_id, rendered.paper_ids)
+        msg = build_message(
+            rendered, sender=self.sender, to=person.email, message_id=pending.message_id, when=now
+        )
+        item = _Item(
+            person, pending.message_id, msg, len(rendered.paper_ids), len(msg.as_bytes()), True
+        )
+        self._connect()
+        self._attempt(item)
+
+    def _render(self, digest: Digest) -> RenderedEmail | None:
+        person = digest.subscriber
+        try:
+            rendered = render_stage.render(
+                digest, sender=self.sender, budget=self.settings.html_budget
+            )
+        except Exception as exc:  # a template or data bug must skip one subscriber, not the run
+            log.exception("rendering the digest for %s failed", person.email)
+            detail = f"could not render the email: {exc!r}"
+            self.emit(Outcome(person.email, "failed", detail=detail))
+            return None
+        if not rendered.paper_ids:
+            self.emit(Outcome(person.email, "failed", detail="not even one paper fits in an email"))
+            return None
+        return rendered
+
+    def _connect(self) -> None:
         if self.messenger is None:
             self.messenger = Messenger(self.settings)
+        if not self.messenger.connected:
             self.messenger.connect()
-        try:
-            result = self.messenger.send(msg, person.email)
-        except DigestError as exc:
-            store.mark_failed(self.db, message_id, str(exc))
-            raise
-        if not result.accepted:
-            detail = f"the mail server refused it: {result.code} {result.reply}"
-            store.mark_failed(self.db, message_id, detail)
-            return Outcome(person.email, "failed", len(rendered.paper_ids), size, detail)
-        store.mark_sent(self.db, message_id)
-        return Outcome(person.email, "sent", len(rendered.paper_ids), size)
+
+    def _attempt(self, item: _Item) -> None:
+        """One try; a DigestError (the server is gone or refuses us) leaves the email pending
+        and stops the run."""
+        assert self.messenger is not None
+        result = self.messenger.send(item.msg, item.person.email)
+        item.last = result
+        email, papers, size = item.person.email, item.papers, item.size
+        if result.accepted:
+            store.mark_sent(self.db, item.message_id)
+            self.emit(Outcome(email, "sent", papers, size, resumed=item.resumed))
+            return
+        store.record_attempt(self.db, item.message_id, result.code, result.detail)
+        if result.permanent:
+            detail = result.detail
+            if store.mark_failed(
+                self.db, item.message_id, detail, suspend_after=self.settings.suspend_after
+            ):
+                detail += (
+                    f"; after {self.settings.suspend_after} permanent failures in a row the "
+                    f"address is suspended: `digest subscribers enable {email}` sends to it again"
+                )
+            self.emit(Outcome(email, "failed", papers, size, detail, item.resumed))
+            return
+        log.warning("%s: %s; trying again later in this run", email, result.detail)
+        self.retry.append(item)
+
+    def finish_retries(self) -> None:
+        """Try the temporarily refused emails again, waiting longer each round."""
+        for attempt in range(1, self.settings.smtp_retries + 1):
+            if not self.retry:
+                return
+            self.sleep(fetch_stage.retry_delay(attempt, self.settings.retry_backoff))
+            queue, self.retry = self.retry, []
+            for item in queue:
+                self._attempt(item)
+        for item in self.retry:
+            assert item.last is not None
+            tries = self.settings.smtp_retries + 1
+            email, papers, size = item.person.email, item.papers, item.size
+            if item.last.lost:  # the server may have taken it: send this very email next run
+                detail = (
+                    f"{item.last.detail} on each of {tries} tries; the email stays pending "
+                    f"and goes out again as it is with the next run"
+                )
+                self.emit(Outcome(email, "pending", papers, size, detail, item.resumed))
+            else:
+                detail = (
+                    f"{item.last.detail} on each of {tries} tries; its papers stay owed "
+                    f"and go in the next email"
+                )
+                store.mark_deferred(self.db, item.message_id, detail)
+                self.emit(Outcome(email, "deferred", papers, size, detail, item.resumed))
+        self.retry = []
 
     def _preview(self, person: Subscriber, rendered: RenderedEmail, eml: bytes) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -232,3 +446,9 @@ class _Outbox:
     def close(self) -> None:
         if self.messenger is not None:
             self.messenger.close()
+
+
+def enable_address(settings: Settings, email: str) -> store.Suspension | None:
+    """Send to a suspended address again; returns the suspension lifted (None: it was not)."""
+    db = store.open_db(settings.db_path)
+    return store.enable_address(db, email.strip().casefold())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,7 +85,39 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial]
+def _m_delivery_faults(db: sqlite_utils.Database) -> None:
+    """Crash-safe delivery and fault handling (issue 3).
+
+    emails: `day` (the digest's date, to rebuild a pending email as it was), `attempts` and
+    `last_attempt_at` (tries at the mail server), `last_code` (the server's last reply code).
+    Status is now pending | sent | deferred (4xx through every retry) | failed (5xx) | cancelled.
+    runs: `warning` (e.g. a suspiciously empty fetch), `fetched_at` (when the fetch succeeded)
+    and `newest_paper` (the newest first-version date it returned).
+    mailboxes: per subscriber address, consecutive permanent failures and the suspension.
+    """
+    db["emails"].add_column("day", str)
+    db["emails"].add_column("attempts", int, not_null_default=0)
+    db["emails"].add_column("last_attempt_at", str)
+    db["emails"].add_column("last_code", int)
+    db["runs"].add_column("warning", str)
+    db["runs"].add_column("fetched_at", str)
+    db["runs"].add_column("newest_paper", str)
+    db["mailboxes"].create(
+        {
+            "subscriber": str,
+            "permanent_failures": int,  # consecutive 5xx refusals; a 250 resets it
+            "last_error": str,
+            "last_failure_at": str,
+            "suspended_since": str,  # NULL while the address is active
+            "suspended_reason": str,
+        },
+        pk="subscriber",
+        defaults={"permanent_failures": 0},
+    )
+    db["email_papers"].create_index(["paper_id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial, _m_delivery_faults]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
@@ -200,8 +233,14 @@ def papers_by_id(db: sqlite_utils.Database, ids: Iterable[str]) -> dict[str, Pap
     return found
 
 
-def keyword_hits(db: sqlite_utils.Database, keyword: str, since: datetime) -> dict[str, Hit]:
-    """Papers first published at or after `since` whose title or abstract has `keyword`.
+def keyword_hits(
+    db: sqlite_utils.Database,
+    keyword: str,
+    since: datetime | None,
+    ids: Iterable[str] | None = None,
+) -> dict[str, Hit]:
+    """Papers first published at or after `since` (any date: None) whose title or abstract has
+    `keyword`, optionally only among `ids`.
 
     One FTS5 query per keyword; the keyword enters it only as a quoted phrase of plain words.
     """
@@ -213,8 +252,13 @@ def keyword_hits(db: sqlite_utils.Database, keyword: str, since: datetime) -> di
         "FROM papers_fts JOIN papers ON papers.rowid = papers_fts.rowid "
         "WHERE papers_fts MATCH ? AND papers.published >= ?"
     )
-    marks = [HIGHLIGHT_START, HIGHLIGHT_END] * 2
-    rows = db.execute(sql, [*marks, phrase, now_iso(since)]).fetchall()
+    params: list[object] = [HIGHLIGHT_START, HIGHLIGHT_END] * 2
+    params += [phrase, now_iso(since) if since is not None else ""]
+    if ids is not None:
+        wanted = list(ids)
+        sql += f" AND papers.id IN ({','.join('?' * len(wanted))})"
+        params += wanted
+    rows = db.execute(sql, params).fetchall()
     return {
         paper_id: (spans_from_highlight(title), spans_from_highlight(abstract))
         for paper_id, title, abstract in rows
@@ -255,6 +299,7 @@ def add_pending_email(
     subscriber_key: str,
     message_id: str,
     paper_ids: Iterable[str],
+    day: str = "",
 ) -> None:
     """The outbox: the email and the papers it carries, committed before it is sent."""
     with immediate(db):
@@ -265,6 +310,8 @@ def add_pending_email(
                 "subscriber": subscriber_key,
                 "created_at": now_iso(),
                 "status": "pending",
+                "day": day,
+                "attempts": 0,
             }
         )
         db["email_papers"].insert_all(
@@ -272,19 +319,181 @@ def add_pending_email(
         )
 
 
+@dataclass(frozen=True)
+class PendingEmail:
+    """An email committed to the outbox whose fate is unknown: never tried, or in flight when
+    the run died. It is sent again as it was, with the same Message-ID."""
+
+    message_id: str
+    subscriber: str
+    day: str
+    paper_ids: tuple[str, ...]
+    attempts: int
+
+
+def pending_emails(db: sqlite_utils.Database) -> list[PendingEmail]:
+    """Every pending email, oldest first."""
+    rows = db.execute(
+        "SELECT message_id, subscriber, day, attempts FROM emails WHERE status = 'pending' "
+        "ORDER BY created_at, rowid"
+    ).fetchall()
+    pending = []
+    for message_id, subscriber, day, attempts in rows:
+        ids = db.execute(
+            "SELECT paper_id FROM email_papers WHERE message_id = ? ORDER BY paper_id",
+            [message_id],
+        ).fetchall()
+        pending.append(
+            PendingEmail(message_id, subscriber, day or "", tuple(r[0] for r in ids), attempts)
+        )
+    return pending
+
+
+def set_email_papers(db: sqlite_utils.Database, message_id: str, paper_ids: Iterable[str]) -> None:
+    """Make a pending email carry exactly `paper_ids` (what its rebuilt body shows)."""
+    with immediate(db):
+        db.execute("DELETE FROM email_papers WHERE message_id = ?", [message_id])
+        db["email_papers"].insert_all(
+            {"message_id": message_id, "paper_id": paper_id} for paper_id in paper_ids
+        )
+
+
+def taken_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
+    """Of `ids`, those delivered to the subscriber or waiting in one of their pending emails."""
+    wanted = set(ids)
+    taken = delivered_ids(db, subscriber_key, wanted)
+    rows = db.execute(
+        "SELECT email_papers.paper_id FROM emails JOIN email_papers USING (message_id) "
+        "WHERE emails.subscriber = ? AND emails.status = 'pending'",
+        [subscriber_key],
+    ).fetchall()
+    return taken | {row[0] for row in rows if row[0] in wanted}
+
+
+def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error: str) -> None:
+    """One try at the mail server that did not end in a 250 (the email stays pending)."""
+    with immediate(db):
+        db.execute(
+            "UPDATE emails SET attempts = attempts + 1, last_attempt_at = ?, last_code = ?, "
+            "error = ? WHERE message_id = ?",
+            [now_iso(), code, error, message_id],
+        )
+
+
 def mark_sent(db: sqlite_utils.Database, message_id: str) -> None:
     """The server accepted the email: it and its papers are delivered, in one transaction."""
     when = now_iso()
     with immediate(db):
-        db["emails"].update(message_id, {"status": "sent", "sent_at": when})
+        db.execute(
+            "UPDATE emails SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
+            "last_attempt_at = ?, last_code = 250, error = NULL WHERE message_id = ?",
+            [when, when, message_id],
+        )
         db.execute(
             "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, message_id, delivered_at) "
             "SELECT emails.subscriber, email_papers.paper_id, emails.message_id, ? "
             "FROM emails JOIN email_papers USING (message_id) WHERE emails.message_id = ?",
             [when, message_id],
         )
+        db.execute(
+            "UPDATE mailboxes SET permanent_failures = 0 WHERE subscriber = "
+            "(SELECT subscriber FROM emails WHERE message_id = ?)",
+            [message_id],
+        )
 
 
-def mark_failed(db: sqlite_utils.Database, message_id: str, error: str) -> None:
+def mark_deferred(db: sqlite_utils.Database, message_id: str, error: str) -> None:
+    """Refused for now (4xx) through every retry: not delivered; its papers stay owed and go
+    in the subscriber's next email."""
+    with immediate(db):
+        db["emails"].update(message_id, {"status": "deferred", "error": error})
+
+
+def mark_cancelled(db: sqlite_utils.Database, message_id: str, why: str) -> None:
+    with immediate(db):
+        db["emails"].update(message_id, {"status": "cancelled", "error": why})
+
+
+def mark_failed(
+    db: sqlite_utils.Database, message_id: str, error: str, suspend_after: int = 0
+) -> bool:
+    """Refused for good (5xx): recorded with the server's reply. Counts towards suspending the
+    address; returns True when this failure suspended it."""
+    when = now_iso()
     with immediate(db):
         db["emails"].update(message_id, {"status": "failed", "error": error})
+        row = db.execute("SELECT subscriber FROM emails WHERE message_id = ?", [message_id])
+        subscriber = row.fetchone()[0]
+        db.execute(
+            "INSERT INTO mailboxes (subscriber, permanent_failures, last_error, last_failure_at) "
+            "VALUES (?, 1, ?, ?) ON CONFLICT (subscriber) DO UPDATE SET "
+            "permanent_failures = permanent_failures + 1, last_error = excluded.last_error, "
+            "last_failure_at = excluded.last_failure_at",
+            [subscriber, error, when],
+        )
+        failures, since = db.execute(
+            "SELECT permanent_failures, suspended_since FROM mailboxes WHERE subscriber = ?",
+            [subscriber],
+        ).fetchone()
+        if suspend_after and since is None and failures >= suspend_after:
+            reason = f"{failures} permanent failures in a row, the last: {error}"
+            db["mailboxes"].update(
+                subscriber, {"suspended_since": when, "suspended_reason": reason}
+            )
+            return True
+    return False
+
+
+@dataclass(frozen=True)
+class Suspension:
+    subscriber: str
+    since: str
+    reason: str
+
+
+def suspensions(db: sqlite_utils.Database) -> dict[str, Suspension]:
+    """Suspended addresses (casefolded) and why."""
+    rows = db.execute(
+        "SELECT subscriber, suspended_since, suspended_reason FROM mailboxes "
+        "WHERE suspended_since IS NOT NULL"
+    ).fetchall()
+    return {row[0]: Suspension(*row) for row in rows}
+
+
+def enable_address(db: sqlite_utils.Database, subscriber_key: str) -> Suspension | None:
+    """Lift a suspension (and forget the failures); returns the suspension lifted, if any."""
+    with immediate(db):
+        row = db.execute(
+            "SELECT subscriber, suspended_since, suspended_reason FROM mailboxes "
+            "WHERE subscriber = ?",
+            [subscriber_key],
+        ).fetchone()
+        db.execute(
+            "UPDATE mailboxes SET permanent_failures = 0, suspended_since = NULL, "
+            "suspended_reason = NULL WHERE subscriber = ?",
+            [subscriber_key],
+        )
+    if row is None or row[1] is None:
+        return None
+    return Suspension(*row)
+
+
+def record_fetch(
+    db: sqlite_utils.Database, run_id: int, newest_paper: str | None, when: datetime
+) -> None:
+    """The run's fetch succeeded at `when` (and returned papers up to `newest_paper`)."""
+    with immediate(db):
+        db["runs"].update(run_id, {"fetched_at": now_iso(when), "newest_paper": newest_paper})
+
+
+def last_fetch(db: sqlite_utils.Database, before_run: int) -> tuple[datetime, str | None] | None:
+    """When the latest successful fetch before run `before_run` happened, and the newest paper
+    it had seen (the newest any earlier fetch returned)."""
+    row = db.execute(
+        "SELECT max(fetched_at), max(newest_paper) FROM runs "
+        "WHERE id < ? AND fetched_at IS NOT NULL",
+        [before_run],
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return datetime.fromisoformat(row[0]), row[1]

@@ -47,6 +47,7 @@ class Digest:
             DIGEST_SMTP_SECURITY="none",
             DIGEST_SMTP_TIMEOUT="5",
             DIGEST_FROM=SENDER,
+            DIGEST_RETRY_BACKOFF="0",  # retries happen, without waiting real seconds
         )
         env.update(self.extra_env)
         return env

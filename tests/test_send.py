@@ -340,6 +340,7 @@ def test_bad_rows_are_reported_by_line_and_the_others_still_get_their_digest(
 
 
 def test_a_failed_fetch_sends_and_records_nothing(digest: Digest) -> None:
+    digest.extra_env["DIGEST_ARXIV_RETRIES"] = "0"  # retries: see test_faults.py
     digest.arxiv.faults.append(Fault.http(503))
 
     result = digest.run("send")
@@ -363,6 +364,7 @@ def test_a_failed_fetch_sends_and_records_nothing(digest: Digest) -> None:
 def test_a_bad_answer_from_arxiv_is_never_taken_for_no_papers(
     digest: Digest, fault: Fault, says: str
 ) -> None:
+    digest.extra_env["DIGEST_ARXIV_RETRIES"] = "0"  # retries: see test_faults.py
     digest.arxiv.faults.append(fault)
 
     result = digest.run("send")
