@@ -87,6 +87,8 @@ def run_send(
 
     db = store.open_db(settings.db_path)
     with run_lock(settings.db_path, shared=dry_run):
+        if not dry_run:
+            store.close_interrupted_runs(db)
         report.run_id = run_id = store.start_run(db, "dry-run" if dry_run else "send")
         try:
             _run(db, settings, people, sender, now, report, out_dir, progress)
@@ -158,6 +160,7 @@ def _run(
             for pending in store.pending_emails(db):
                 outbox.resume(pending, by_key.get(pending.subscriber), suspended, day, now)
             outbox.finish_retries()
+            outbox.close()  # not held open through the fetch; reopened for the new emails
         if not people:
             return
         since = fetch_stage.lookback_start(now, settings.lookback_days)

@@ -288,6 +288,23 @@ def start_run(db: sqlite_utils.Database, kind: str) -> int:
         return int(table.last_pk)
 
 
+INTERRUPTED = (
+    "interrupted: the process stopped before the run finished (killed, crashed or the machine "
+    "went down); the next run finishes its pending emails"
+)
+
+
+def close_interrupted_runs(db: sqlite_utils.Database) -> int:
+    """Mark as failed the send runs still 'running' (call holding the run lock: they are dead)."""
+    with immediate(db):
+        cursor = db.execute(
+            "UPDATE runs SET status = 'failed', message = ? "
+            "WHERE status = 'running' AND kind = 'send'",
+            [INTERRUPTED],
+        )
+        return cursor.rowcount
+
+
 def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **counts: object) -> None:
     with immediate(db):
         db["runs"].update(run_id, {"status": status, "finished_at": now_iso(), **counts})
