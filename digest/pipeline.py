@@ -192,9 +192,10 @@ def _run(
                     )
                 )
                 continue
-            candidates = {pid for k in person.keywords for pid in hits.get(k.casefold(), {})}
+            person_hits, person_papers = _with_refused(db, person, hits, papers)
+            candidates = {pid for found in person_hits.values() for pid in found}
             taken = store.taken_ids(db, person.key, candidates)
-            digest = plan_digest(person, hits, papers, taken, day)
+            digest = plan_digest(person, person_hits, person_papers, taken, day)
             outbox.deliver(digest, now)
         outbox.finish_retries()
     finally:
@@ -241,6 +242,26 @@ def match_keywords(
     papers = store.papers_by_id(db, (pid for found in hits.values() for pid in found))
     _literal_filter(keywords, hits, papers)
     return hits, papers
+
+
+def _with_refused(
+    db: sqlite_utils.Database,
+    person: Subscriber,
+    hits: dict[str, dict[str, Hit]],
+    papers: dict[str, Paper],
+) -> tuple[dict[str, dict[str, Hit]], dict[str, Paper]]:
+    """The run's hits for this subscriber's keywords, plus the papers of their refused emails
+    (still owed even once older than the look-back window) that still match their keywords."""
+    own = {k.casefold(): hits.get(k.casefold(), {}) for k in person.keywords}
+    known = {pid for found in own.values() for pid in found}
+    extra = store.refused_ids(db, person.key) - known
+    if not extra:
+        return own, papers
+    extra_hits = {k.casefold(): store.keyword_hits(db, k, None, extra) for k in person.keywords}
+    extra_papers = store.papers_by_id(db, extra)
+    _literal_filter(person.keywords, extra_hits, extra_papers)
+    merged = {k: {**extra_hits.get(k, {}), **found} for k, found in own.items()}
+    return merged, {**papers, **extra_papers}
 
 
 def _literal_filter(

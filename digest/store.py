@@ -387,6 +387,19 @@ def taken_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]
     return taken | {row[0] for row in rows if row[0] in wanted}
 
 
+def refused_ids(db: sqlite_utils.Database, subscriber_key: str) -> set[str]:
+    """Papers of the subscriber's refused emails (deferred or failed) never delivered since:
+    still owed to them, however old."""
+    rows = db.execute(
+        "SELECT DISTINCT email_papers.paper_id FROM emails JOIN email_papers USING (message_id) "
+        "WHERE emails.subscriber = ? AND emails.status IN ('deferred', 'failed') "
+        "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.subscriber = emails.subscriber "
+        "AND deliveries.paper_id = email_papers.paper_id)",
+        [subscriber_key],
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
 def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error: str) -> None:
     """One try at the mail server that did not end in a 250 (the email stays pending)."""
     with immediate(db):

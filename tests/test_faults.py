@@ -327,3 +327,19 @@ def test_an_empty_fetch_is_a_warning_only_after_an_announcement(digest: Digest) 
     assert digest.smtp.messages == []
     [(warning,)] = digest.query("SELECT warning FROM runs")
     assert (warning is not None) == expected
+
+
+def test_papers_of_a_refused_email_stay_owed_past_the_look_back_window(digest: Digest) -> None:
+    digest.smtp.reject_rcpt[GRACE] = (450, "4.2.1 Mailbox full")
+    assert digest.run("send").returncode == 1  # deferred through every retry
+    owed_to_grace = owed(digest.arxiv.papers)[GRACE]
+
+    # Days later: those papers are older than the window, only the last day's count as new.
+    del digest.smtp.reject_rcpt[GRACE]
+    digest.extra_env["DIGEST_LOOKBACK_DAYS"] = "1"
+    result = digest.run("send")
+
+    assert result.returncode == 0, result.stderr
+    [grace_email] = received(digest, GRACE)
+    assert grace_email == owed_to_grace
+    assert len(messages_to(digest.smtp, ADA)) == 1  # Ada had hers: nothing again
