@@ -87,7 +87,7 @@ def _print_outcome(outcome: Outcome) -> None:
     else:
         what = "sent" if outcome.status == "sent" else "preview written"
         if outcome.resumed:
-            what += " (finishing an interrupted run, same Message-ID)"
+            what += " (left pending by an earlier run, same Message-ID)"
         size = f"{outcome.size / 1024:.0f} KB"
         click.echo(f"{outcome.email}: {outcome.papers} papers, {size}, {what}")
 

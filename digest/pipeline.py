@@ -219,7 +219,6 @@ def _check_fetch(
         f"arXiv returned no new papers although it announced new ones ({when} US Eastern); "
         f"nothing was lost, but if this repeats check DIGEST_ARXIV_URL and arXiv's status"
     )
-    log.warning(warning)
     return [warning]
 
 
@@ -447,13 +446,13 @@ class _Outbox:
             email, papers, size = item.person.email, item.papers, item.size
             if item.last.lost:  # the server may have taken it: send this very email next run
                 detail = (
-                    f"{item.last.detail} on each of {tries} tries; the email stays pending "
+                    f"{item.last.detail} (tried {tries} times); the email stays pending "
                     f"and goes out again as it is with the next run"
                 )
                 self.emit(Outcome(email, "pending", papers, size, detail, item.resumed))
             else:
                 detail = (
-                    f"{item.last.detail} on each of {tries} tries; its papers stay owed "
+                    f"{item.last.detail} (tried {tries} times); its papers stay owed "
                     f"and go in the next email"
                 )
                 store.mark_deferred(self.db, item.message_id, detail)

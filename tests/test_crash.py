@@ -195,7 +195,7 @@ def test_kill_while_sending_then_a_normal_run_finishes_with_nothing_lost(
     result = digest.run("send")
 
     assert result.returncode == 0, result.stderr
-    assert "(finishing an interrupted run, same Message-ID)" in result.stdout
+    assert "(left pending by an earlier run, same Message-ID)" in result.stdout
     assert check_mailboxes(digest, owed(digest.arxiv.papers)) == duplicates
     # the email in flight went out again with the Message-ID it was committed with
     resent = [m for m in digest.smtp.messages if m.message["Message-ID"] == pending[0][0]]

@@ -186,8 +186,8 @@ def test_a_mailbox_that_keeps_answering_4xx_gets_everything_owed_in_its_next_ema
 
     assert first.returncode == 1
     assert error_lines(first.stderr) == [
-        f"Error: {GRACE}: the mail server deferred it: 450 4.2.1 Mailbox full on each of 4 "
-        f"tries; its papers stay owed and go in the next email"
+        f"Error: {GRACE}: the mail server deferred it: 450 4.2.1 Mailbox full (tried 4 "
+        f"times); its papers stay owed and go in the next email"
     ]
     assert messages_to(digest.smtp, GRACE) == []
     assert digest.delivered(GRACE) == set()
@@ -343,3 +343,32 @@ def test_papers_of_a_refused_email_stay_owed_past_the_look_back_window(digest: D
     [grace_email] = received(digest, GRACE)
     assert grace_email == owed_to_grace
     assert len(messages_to(digest.smtp, ADA)) == 1  # Ada had hers: nothing again
+
+
+def test_an_email_cut_off_on_every_try_stays_pending_and_goes_out_unchanged(
+    digest: Digest,
+) -> None:
+    digest.smtp.reject_rcpt[GRACE] = (421, "4.7.0 Too busy, closing")
+
+    first = digest.run("send")
+
+    assert first.returncode == 1
+    assert error_lines(first.stderr) == [
+        f"Error: {GRACE}: the mail server closed the connection (421 4.7.0 Too busy, closing) "
+        f"(tried 4 times); the email stays pending and goes out again as it is with the next run"
+    ]
+    [(message_id, attempts)] = digest.query(
+        "SELECT message_id, attempts FROM emails WHERE subscriber = ? AND status = 'pending'",
+        [GRACE],
+    )
+    assert attempts == 4
+    assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, ALAN)) == 1
+
+    del digest.smtp.reject_rcpt[GRACE]
+    second = digest.run("send")
+
+    assert second.returncode == 0, second.stderr
+    assert f"{GRACE}: " in second.stdout and "left pending by an earlier run" in second.stdout
+    [to_grace] = messages_to(digest.smtp, GRACE)
+    assert to_grace["Message-ID"] == message_id
+    assert_each_paper_once(digest, owed(digest.arxiv.papers))
