@@ -249,7 +249,12 @@ def fetch(
                     )
                 attempt += 1
                 wait = retry_delay(attempt, backoff, exc.retry_after)
-                if attempt > retries or wait > MAX_RETRY_AFTER:
+                if wait > MAX_RETRY_AFTER:
+                    raise FetchError(
+                        f"{exc}; it asks to wait {wait:g} s, longer than a run waits "
+                        f"({MAX_RETRY_AFTER:g} s)"
+                    ) from None
+                if attempt > retries:
                     tries = f"{attempt} tries" if attempt > 1 else "1 try"
                     raise FetchError(f"{exc} (gave up after {tries})") from None
                 asked = " as asked by Retry-After" if exc.retry_after is not None else ""
@@ -262,7 +267,7 @@ def fetch(
                     retries,
                 )
                 sleep(wait)
-            except arxiv.HTTPError as exc:  # pragma: no cover - the session raises first
+            except arxiv.HTTPError as exc:  # another status (403, 404...): asking again won't help
                 status, origin = exc.status, _origin(exc.url)
                 raise FetchError(f"arXiv answered HTTP {status} to {origin}") from None
     log.info("fetched %d papers from arXiv in %d requests", len(papers), session.count)

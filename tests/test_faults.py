@@ -372,3 +372,28 @@ def test_an_email_cut_off_on_every_try_stays_pending_and_goes_out_unchanged(
     [to_grace] = messages_to(digest.smtp, GRACE)
     assert to_grace["Message-ID"] == message_id
     assert_each_paper_once(digest, owed(digest.arxiv.papers))
+
+
+def test_arxiv_asking_for_a_longer_wait_than_a_run_waits_fails_the_run(digest: Digest) -> None:
+    digest.arxiv.faults.append(Fault.http(503, retry_after=3600))
+
+    result = digest.run("send")
+
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "Error: arXiv answered HTTP 503 to http://127.0.0.1:"
+        f"{digest.arxiv.port}; it asks to wait 3600 s, longer than a run waits (300 s)"
+    ]
+    assert digest.smtp.messages == []
+
+
+def test_an_arxiv_answer_not_worth_retrying_fails_at_once(digest: Digest) -> None:
+    digest.arxiv.faults.append(Fault.http(403))
+
+    result = digest.run("send")
+
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        f"Error: arXiv answered HTTP 403 to http://127.0.0.1:{digest.arxiv.port}"
+    ]
+    assert len(digest.arxiv.requests) == 1
