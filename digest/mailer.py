@@ -188,6 +188,17 @@ class Messenger:
             return SendResult(False, 0, str(exc) or type(exc).__name__, lost=True)
         return SendResult(True)
 
+    def refresh(self) -> None:
+        """Make sure the connection is still open (it may have idled out): NOOP, else reconnect."""
+        if self._smtp is not None:
+            try:
+                if self._smtp.noop()[0] == 250:
+                    return
+            except (OSError, smtplib.SMTPException):
+                pass
+            self._drop()
+        self.connect()
+
     def _refused(self, code: int, reply: bytes | str) -> SendResult:
         if code == 421:  # the server is closing the connection: reconnect for the next one
             self._drop()

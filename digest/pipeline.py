@@ -155,12 +155,14 @@ def _run(
         db, settings, sender, report.run_id or 0, dry_run=report.dry_run, out=out_dir, emit=emit
     )
     try:
-        if not report.dry_run:  # first, what an earlier run committed but did not finish
+        if not report.dry_run:
+            pending = store.pending_emails(db)
+            if people or pending:  # an unreachable server or a refused login stops us here
+                outbox.connect()
             by_key = {person.key: person for person in people}
-            for pending in store.pending_emails(db):
-                outbox.resume(pending, by_key.get(pending.subscriber), suspended, day, now)
+            for email in pending:  # first, what an earlier run committed but did not finish
+                outbox.resume(email, by_key.get(email.subscriber), suspended, day, now)
             outbox.finish_retries()
-            outbox.close()  # not held open through the fetch; reopened for the new emails
         if not people:
             return
         since = fetch_stage.lookback_start(now, settings.lookback_days)
@@ -178,6 +180,8 @@ def _run(
         report.papers_fetched, report.arxiv_requests = len(fetched.papers), fetched.requests
         store.save_papers(db, fetched.papers)
         report.warnings.extend(_check_fetch(db, report.run_id or 0, fetched.papers, now))
+        if not report.dry_run:
+            outbox.connect(refresh=True)  # the connection may have idled out during the fetch
 
         hits, papers = match_keywords(db, keywords, since)
         for person in people:
@@ -335,7 +339,7 @@ class _Outbox:
             self._preview(person, rendered, msg.as_bytes())
             self.emit(Outcome(person.email, "previewed", len(rendered.paper_ids), size))
             return
-        self._connect()  # an unreachable server stops the run before anything is committed
+        self.connect()  # an unreachable server stops the run before anything is committed
         store.add_pending_email(
             self.db, self.run_id, person.key, message_id, rendered.paper_ids, digest.day
         )
@@ -380,7 +384,7 @@ class _Outbox:
         item = _Item(
             person, pending.message_id, msg, len(rendered.paper_ids), len(msg.as_bytes()), True
         )
-        self._connect()
+        self.connect()
         self._attempt(item)
 
     def _render(self, digest: Digest) -> RenderedEmail | None:
@@ -399,10 +403,14 @@ class _Outbox:
             return None
         return rendered
 
-    def _connect(self) -> None:
+    def connect(self, *, refresh: bool = False) -> None:
+        """Open the connection to the mail server if it is not open (`refresh`: check it is
+        still alive, else reopen it). Raises SmtpError when it cannot."""
         if self.messenger is None:
             self.messenger = Messenger(self.settings)
-        if not self.messenger.connected:
+        if refresh:
+            self.messenger.refresh()
+        elif not self.messenger.connected:
             self.messenger.connect()
 
     def _attempt(self, item: _Item) -> None:

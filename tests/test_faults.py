@@ -283,6 +283,7 @@ def test_a_refused_login_stops_the_run_with_one_line_and_marks_nothing(digest: D
     assert refused.returncode == 1
     [line] = error_lines(refused.stderr)
     assert "refused the login for 'digest'" in line
+    assert digest.arxiv.requests == []  # stopped before asking arXiv
     assert digest.query("SELECT count(*) FROM emails") == [(0,)]
     assert digest.query("SELECT count(*) FROM deliveries") == [(0,)]
     assert digest.query("SELECT status, message FROM runs") == [("failed", line[7:])]
@@ -300,6 +301,7 @@ def test_nothing_listening_stops_the_run_with_one_line_and_marks_nothing(digest:
     assert result.returncode == 1
     [line] = error_lines(result.stderr)
     assert line.startswith("Error: cannot reach the mail server at 127.0.0.1:")
+    assert digest.arxiv.requests == []
     assert digest.query("SELECT count(*) FROM emails") == [(0,)]
 
     digest.smtp.start()
