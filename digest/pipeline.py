@@ -451,17 +451,17 @@ class _Outbox:
         for item in self.retry:
             assert item.last is not None
             tries = self.settings.smtp_retries + 1
+            tried = "tried once" if tries == 1 else f"tried {tries} times"
             email, papers, size = item.person.email, item.papers, item.size
             if item.last.lost:  # the server may have taken it: send this very email next run
                 detail = (
-                    f"{item.last.detail} (tried {tries} times); the email stays pending "
+                    f"{item.last.detail} ({tried}); the email stays pending "
                     f"and goes out again as it is with the next run"
                 )
                 self.emit(Outcome(email, "pending", papers, size, detail, item.resumed))
             else:
                 detail = (
-                    f"{item.last.detail} (tried {tries} times); its papers stay owed "
-                    f"and go in the next email"
+                    f"{item.last.detail} ({tried}); its papers stay owed and go in the next email"
                 )
                 store.mark_deferred(self.db, item.message_id, detail)
                 self.emit(Outcome(email, "deferred", papers, size, detail, item.resumed))
