@@ -6,16 +6,19 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from digest import __version__
+from digest import __version__, scheduler
+from digest import progress as progress_display
+from digest import status as status_report
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.pipeline import Outcome, RunReport, enable_address, run_send
+from digest.pipeline import RunReport, enable_address, run_send
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,25 +74,62 @@ subscribers_option = click.option(
 def send(dry_run: bool, out: Path, db: Path | None, subscribers: Path | None) -> None:
     """Fetch new papers, email every subscriber their digest, record what was delivered."""
     settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
-    report = run_send(settings, dry_run=dry_run, out_dir=out, progress=_print_outcome)
+    shown = progress_display.for_terminal(sys.stdout.isatty())
+    try:
+        report = run_send(
+            settings, dry_run=dry_run, out_dir=out, progress=shown.advance, on_start=shown.start
+        )
+    finally:
+        shown.close()
     _print_report(report, out)
     if not report.ok:
         sys.exit(1)
 
 
-def _print_outcome(outcome: Outcome) -> None:
-    if outcome.status == "nothing-new":
-        click.echo(f"{outcome.email}: nothing new")
-    elif outcome.status == "suspended":
-        click.echo(f"{outcome.email}: {outcome.detail}")
-    elif outcome.status in ("failed", "deferred", "pending"):
-        click.echo(f"{outcome.email}: NOT sent: {outcome.detail}")
-    else:
-        what = "sent" if outcome.status == "sent" else "preview written"
-        if outcome.resumed:
-            what += " (left pending by an earlier run, same Message-ID)"
-        size = f"{outcome.size / 1024:.0f} KB"
-        click.echo(f"{outcome.email}: {outcome.papers} papers, {size}, {what}")
+@main.command()
+@db_option
+@subscribers_option
+@user_errors
+def run(db: Path | None, subscribers: Path | None) -> None:
+    """The daemon: one `send` a day at DIGEST_SEND_AT in DIGEST_TIMEZONE, until SIGTERM/SIGINT.
+
+    Started after today's send time with today's run not done, it runs at once. A failed run is
+    retried later that day with backoff. Logs one line per event to standard error.
+    """
+    logging.getLogger("digest").setLevel(logging.INFO)
+    settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+    sys.exit(scheduler.run_daemon(settings))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON for scripts.")
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Print nothing but problems; exit 1 when the daemon is not running or missed a run.",
+)
+@click.option("--runs", default=5, show_default=True, help="How many recent runs to show.")
+@click.option(
+    "--grace",
+    default=60,
+    show_default=True,
+    help="With --check: minutes after the send time before a missing run counts as missed.",
+)
+@db_option
+@user_errors
+def status(as_json: bool, check: bool, runs: int, grace: int, db: Path | None) -> None:
+    """The last runs, failed emails, what is owed, the daemon and when the next run is due."""
+    settings = Settings.from_env(db_path=db)
+    found = status_report.gather(settings, runs=runs, grace=timedelta(minutes=grace))
+    if as_json:
+        click.echo(found.to_json())
+    elif not check:
+        click.echo(status_report.render_text(found, settings))
+    if check:
+        for problem in found.problems:
+            click.echo(f"Error: {problem}", err=True)
+        if not found.healthy:
+            sys.exit(1)
 
 
 def _print_report(report: RunReport, out: Path) -> None:

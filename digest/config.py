@@ -172,10 +172,11 @@ def _url(raw: str) -> str:
 
 
 def _clock(raw: str) -> str:
-    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)", raw)
+    """HH:MM, or HH:MM:SS when a minute is too coarse (the seconds are kept as given)."""
+    match = re.fullmatch(r"([01]?\d|2[0-3]):([0-5]\d)(:[0-5]\d)?", raw)
     if not match:
         raise ValueError("use a 24-hour time as HH:MM, e.g. 07:00")
-    return f"{int(match[1]):02d}:{match[2]}"
+    return f"{int(match[1]):02d}:{match[2]}{match[3] or ''}"
 
 
 def _zone(raw: str) -> str:

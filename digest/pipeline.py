@@ -56,6 +56,9 @@ class RunReport:
     outcomes: list[Outcome] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # one line each, for standard error
     warnings: list[str] = field(default_factory=list)  # suspicious but not a failure
+    subscribers: int = 0  # valid subscribers this run was for
+    stopped: bool = False  # asked to stop (should_stop) before every subscriber was done
+    left: int = 0  # when stopped: subscribers not served
 
     @property
     def sent(self) -> int:
@@ -77,8 +80,15 @@ def run_send(
     out_dir: Path = Path("previews"),
     now: datetime | None = None,
     progress: Callable[[Outcome], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunReport:
-    """One daily run. Raises DigestError when the run as a whole cannot go on."""
+    """One daily run. Raises DigestError when the run as a whole cannot go on.
+
+    `on_start(n)` is called once the papers are in, before building the first of `n` emails;
+    `progress(outcome)` after each subscriber. `should_stop()` is asked before each subscriber:
+    when it says yes, the run ends there (the email in flight was finished and recorded) and is
+    recorded with status `stopped`, so the next run still owes the others their digest."""
     now = now or datetime.now(UTC)
     report = RunReport(dry_run=dry_run)
     people, problems = subscribers.load(settings.subscribers_path)
@@ -91,12 +101,17 @@ def run_send(
             store.close_interrupted_runs(db)
         report.run_id = run_id = store.start_run(db, "dry-run" if dry_run else "send")
         try:
-            _run(db, settings, people, sender, now, report, out_dir, progress)
+            _run(
+                db, settings, people, sender, now, report, out_dir, progress, on_start, should_stop
+            )
         except DigestError as exc:
             store.finish_run(db, run_id, "failed", message=str(exc), **_counts(report))
             raise
-        status = "ok" if report.ok else "failed"
-        message = "; ".join([*report.problems, *(f"{o.email}: {o.detail}" for o in report.failed)])
+        status = "stopped" if report.stopped else "ok" if report.ok else "failed"
+        lines = [*report.problems, *(f"{o.email}: {o.detail}" for o in report.failed)]
+        if report.stopped:
+            lines.insert(0, f"stopped before {report.left} of {report.subscribers} subscribers")
+        message = "; ".join(lines)
         store.finish_run(db, run_id, status, message=message, **_counts(report))
     return report
 
@@ -143,24 +158,39 @@ def _run(
     report: RunReport,
     out_dir: Path,
     progress: Callable[[Outcome], None] | None,
+    on_start: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     def emit(outcome: Outcome) -> None:
         report.outcomes.append(outcome)
         if progress:
             progress(outcome)
 
+    def stop_here(left: int) -> bool:
+        """Asked to stop (between two emails): the rest stays owed to the next run."""
+        if should_stop is None or not should_stop():
+            return False
+        report.stopped, report.left = True, left
+        return True
+
+    report.subscribers = len(people)
+
     day = now.astimezone(settings.tz).date().isoformat()
     suspended = store.suspensions(db)
     outbox = _Outbox(
         db, settings, sender, report.run_id or 0, dry_run=report.dry_run, out=out_dir, emit=emit
     )
+    pending = [] if report.dry_run else store.pending_emails(db)
+    if on_start:
+        on_start(len(pending) + len(people))
     try:
         if not report.dry_run:
-            pending = store.pending_emails(db)
             if people or pending:  # an unreachable server or a refused login stops us here
                 outbox.connect()
             by_key = {person.key: person for person in people}
             for email in pending:  # first, what an earlier run committed but did not finish
+                if stop_here(len(people)):
+                    return
                 outbox.resume(email, by_key.get(email.subscriber), suspended, day, now)
             outbox.finish_retries()
         if not people:
@@ -184,7 +214,9 @@ def _run(
             outbox.connect(refresh=True)  # the connection may have idled out during the fetch
 
         hits, papers = match_keywords(db, keywords, since)
-        for person in people:
+        for index, person in enumerate(people):
+            if stop_here(len(people) - index):
+                break
             if person.key in suspended and not report.dry_run:
                 s = suspended[person.key]
                 emit(
@@ -201,7 +233,8 @@ def _run(
             taken = store.taken_ids(db, person.key, candidates)
             digest = plan_digest(person, person_hits, person_papers, taken, day)
             outbox.deliver(digest, now)
-        outbox.finish_retries()
+        if not report.stopped:  # stopping: the refused-for-now emails stay pending, owed
+            outbox.finish_retries()
     finally:
         outbox.close()
 

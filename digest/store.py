@@ -117,7 +117,19 @@ def _m_delivery_faults(db: sqlite_utils.Database) -> None:
     db["email_papers"].create_index(["paper_id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m001_initial, _m_delivery_faults]
+def _m_daemon_heartbeat(db: sqlite_utils.Database) -> None:
+    """One row (id 1) for `digest run`: since when it runs and when it was last seen alive."""
+    db["daemon"].create(
+        {"id": int, "pid": int, "started_at": str, "heartbeat_at": str, "stopped_at": str},
+        pk="id",
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m001_initial,
+    _m_delivery_faults,
+    _m_daemon_heartbeat,
+]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
@@ -527,3 +539,84 @@ def last_fetch(db: sqlite_utils.Database, before_run: int) -> tuple[datetime, st
     if row is None or row[0] is None:
         return None
     return datetime.fromisoformat(row[0]), row[1]
+
+
+# The daemon and `digest status` -------------------------------------------------------------
+
+
+def last_ok_send(db: sqlite_utils.Database) -> datetime | None:
+    """When the latest successful `send` run started (what "today's run happened" is read from)."""
+    row = db.execute(
+        "SELECT max(started_at) FROM runs WHERE kind = 'send' AND status = 'ok'"
+    ).fetchone()
+    return datetime.fromisoformat(row[0]) if row and row[0] else None
+
+
+def failed_sends_since(db: sqlite_utils.Database, since: datetime) -> list[datetime]:
+    """When each `send` run started at or after `since` ended in failure, oldest first."""
+    rows = db.execute(
+        "SELECT coalesce(finished_at, started_at) FROM runs "
+        "WHERE kind = 'send' AND status = 'failed' AND started_at >= ? ORDER BY started_at",
+        [now_iso(since)],
+    ).fetchall()
+    return [datetime.fromisoformat(row[0]) for row in rows]
+
+
+def daemon_started(db: sqlite_utils.Database, pid: int, now: datetime | None = None) -> None:
+    when = now_iso(now)
+    with immediate(db):
+        db["daemon"].upsert(
+            {"id": 1, "pid": pid, "started_at": when, "heartbeat_at": when, "stopped_at": None},
+            pk="id",
+        )
+
+
+def daemon_heartbeat(db: sqlite_utils.Database, now: datetime | None = None) -> None:
+    with immediate(db):
+        db.execute("UPDATE daemon SET heartbeat_at = ? WHERE id = 1", [now_iso(now)])
+
+
+def daemon_stopped(db: sqlite_utils.Database, now: datetime | None = None) -> None:
+    with immediate(db):
+        db.execute("UPDATE daemon SET stopped_at = ? WHERE id = 1", [now_iso(now)])
+
+
+def daemon_row(db: sqlite_utils.Database) -> dict[str, object] | None:
+    rows = list(db.query("SELECT pid, started_at, heartbeat_at, stopped_at FROM daemon"))
+    return rows[0] if rows else None
+
+
+def recent_runs(db: sqlite_utils.Database, limit: int) -> list[dict[str, object]]:
+    return list(db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit]))
+
+
+def failed_emails(db: sqlite_utils.Database, run_ids: Iterable[int]) -> list[dict[str, object]]:
+    """The emails of these runs that the mail server refused, with its reply."""
+    ids = list(run_ids)
+    if not ids:
+        return []
+    marks = ",".join("?" * len(ids))
+    return list(
+        db.query(
+            "SELECT run_id, subscriber, created_at, error FROM emails "
+            f"WHERE status = 'failed' AND run_id IN ({marks}) ORDER BY run_id DESC, created_at",
+            ids,
+        )
+    )
+
+
+def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
+    """Each subscriber whose latest email is pending or was refused: its papers are still owed.
+    `papers` counts the ones of that email not delivered to them since."""
+    return list(
+        db.query(
+            "SELECT e.subscriber, e.status, e.created_at, e.error, e.run_id, "
+            "(SELECT count(*) FROM email_papers ep WHERE ep.message_id = e.message_id "
+            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.subscriber = e.subscriber "
+            "  AND d.paper_id = ep.paper_id)) AS papers "
+            "FROM emails e WHERE e.status IN ('pending', 'failed') "
+            "AND NOT EXISTS (SELECT 1 FROM emails later WHERE later.subscriber = e.subscriber "
+            " AND later.rowid > e.rowid) "
+            "ORDER BY e.status DESC, e.created_at"
+        )
+    )

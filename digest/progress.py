@@ -1,0 +1,71 @@
+"""How a `digest send` shows its progress: a progress bar with counts on a terminal, one line
+per subscriber otherwise (logs, pipes, cron mail)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from digest.pipeline import FAILED, Outcome
+
+
+def describe(outcome: Outcome) -> str:
+    """One line for one subscriber's outcome."""
+    if outcome.status == "nothing-new":
+        return f"{outcome.email}: nothing new"
+    if outcome.status == "suspended":
+        return f"{outcome.email}: {outcome.detail}"
+    if outcome.status in FAILED:
+        return f"{outcome.email}: NOT sent: {outcome.detail}"
+    what = "sent" if outcome.status == "sent" else "preview written"
+    if outcome.resumed:
+        what += " (left pending by an earlier run, same Message-ID)"
+    return f"{outcome.email}: {outcome.papers} papers, {outcome.size / 1024:.0f} KB, {what}"
+
+
+class LineProgress:
+    """Not a terminal: one line per subscriber on standard output."""
+
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, outcome: Outcome) -> None:
+        click.echo(describe(outcome))
+
+    def close(self) -> None:
+        pass
+
+
+class BarProgress:
+    """A terminal: one bar for building and sending, with done/total, sent and failed counts."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.sent = self.failed = 0
+
+    def start(self, total: int) -> None:
+        self.bar = click.progressbar(
+            length=total,
+            label="Building and sending",
+            show_pos=True,
+            show_eta=False,
+            item_show_func=lambda _: f"{self.sent} sent, {self.failed} failed",
+        )
+        self.bar.__enter__()
+        self.bar.update(0, None)
+
+    def advance(self, outcome: Outcome) -> None:
+        self.sent += outcome.status in ("sent", "previewed")
+        self.failed += outcome.status in FAILED
+        if self.bar is not None:
+            self.bar.update(1, outcome)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
+
+
+def for_terminal(is_tty: bool) -> LineProgress | BarProgress:
+    return BarProgress() if is_tty else LineProgress()

@@ -1,0 +1,291 @@
+"""`digest run`: one `digest send` per local day at DIGEST_SEND_AT in DIGEST_TIMEZONE.
+
+The decisions are pure functions of (now, zone, send time, the last local day with a successful
+run, today's failed attempts); the daemon only reads those facts from the database, asks `plan`
+and lets the `schedule` package wake it up. Nothing about past runs is kept in memory, so a
+restart never sends twice and never forgets a missed day.
+
+How runs count, per local day of DIGEST_TIMEZONE (the day a run *started*):
+- a `send` run with status `ok` is that day's run; any later wake-up that day does nothing;
+- a `failed` run (arXiv down, mail server unreachable, a refused address, a bad subscriber row)
+  does not count: it is retried later that day, RETRY_FIRST after the failure, doubling up to
+  RETRY_MAX, at most MAX_ATTEMPTS times a day; a retry that would fall on the next day is
+  dropped, the next day's run takes over (it delivers everything still owed);
+- a `stopped` run (SIGTERM/SIGINT between two emails) does not count and is not a failure: the
+  next start runs again at once for the subscribers still owed;
+- a send time that does not exist that day (skipped by a spring DST change) is taken as the same
+  instant expressed after the change (02:30 -> 03:30); one that happens twice (autumn) is the
+  first. Either way: exactly one run per local day.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from types import FrameType
+from zoneinfo import ZoneInfo
+
+import schedule
+
+from digest import store
+from digest.config import Settings
+from digest.errors import DigestError
+from digest.pipeline import Outcome, RunReport, run_send
+from digest.progress import describe
+
+log = logging.getLogger(__name__)
+
+RETRY_FIRST = timedelta(minutes=5)
+RETRY_MAX = timedelta(hours=2)
+MAX_ATTEMPTS = 8  # failed attempts a day before waiting for the next day
+TICK_SECONDS = 30.0  # how often the daemon re-reads the database and says it is alive
+
+
+# Pure decisions ------------------------------------------------------------------------------
+
+
+def parse_clock(send_at: str) -> time:
+    """'07:00' or '07:00:30' (as validated by config) -> a time."""
+    return time.fromisoformat(send_at)
+
+
+def local_day(moment: datetime, zone: ZoneInfo) -> date:
+    return moment.astimezone(zone).date()
+
+
+def send_time(day: date, zone: ZoneInfo, send_at: str) -> datetime:
+    """The instant of `day`'s run: skipped wall times move past the gap, repeated ones are the
+    first (fold=0)."""
+    wall = datetime.combine(day, parse_clock(send_at)).replace(tzinfo=zone)
+    return wall.astimezone(UTC).astimezone(zone)
+
+
+def retry_delay(failures: int) -> timedelta:
+    """How long to wait after the `failures`-th failed attempt of a day (1-based)."""
+    return min(RETRY_FIRST * 2 ** max(failures - 1, 0), RETRY_MAX)
+
+
+@dataclass(frozen=True)
+class Plan:
+    due: datetime  # aware; at or before `now` means: run now
+    day: date  # the local day the run is for
+    reason: str  # send-time | catch-up | retry | done-today | gave-up
+
+    def is_due(self, now: datetime) -> bool:
+        return self.due <= now
+
+
+def plan(
+    now: datetime,
+    zone: ZoneInfo,
+    send_at: str,
+    last_ok_day: date | None,
+    failures_today: Sequence[datetime] = (),
+) -> Plan:
+    """When the next run is due. `failures_today`: when today's failed attempts ended."""
+    today = local_day(now, zone)
+    at = send_time(today, zone, send_at)
+    tomorrow = today + timedelta(days=1)
+    next_day = send_time(tomorrow, zone, send_at)
+    if last_ok_day is not None and last_ok_day >= today:
+        return Plan(next_day, tomorrow, "done-today")
+    if failures_today:
+        if len(failures_today) >= MAX_ATTEMPTS:
+            return Plan(next_day, tomorrow, "gave-up")
+        retry = max(max(failures_today) + retry_delay(len(failures_today)), at)
+        if local_day(retry, zone) != today:
+            return Plan(next_day, tomorrow, "gave-up")
+        return Plan(retry.astimezone(zone), today, "retry")
+    if now < at:
+        return Plan(at, today, "send-time")
+    return Plan(now.astimezone(zone), today, "catch-up")
+
+
+def missed_day(
+    now: datetime,
+    zone: ZoneInfo,
+    send_at: str,
+    last_ok_day: date | None,
+    running_since: datetime,
+    grace: timedelta,
+) -> date | None:
+    """The latest local day whose run should be done by now (send time, or the daemon's start
+    when it started later that day, plus `grace`) and is not; None when none is missed.
+    Days that ended before the daemon started are not its fault."""
+    today = local_day(now, zone)
+    for day in (today, today - timedelta(days=1)):
+        expected_from = max(send_time(day, zone, send_at), running_since)
+        if local_day(expected_from, zone) != day or expected_from + grace > now:
+            continue
+        return None if last_ok_day is not None and last_ok_day >= day else day
+    return None
+
+
+def describe_plan(p: Plan, now: datetime) -> str:
+    when = p.due.strftime("%Y-%m-%d %H:%M:%S %Z")
+    if p.is_due(now):
+        return f"now ({REASONS[p.reason]})"
+    return f"{when} ({REASONS[p.reason]})"
+
+
+REASONS = {
+    "send-time": "today's send time",
+    "catch-up": "today's run has not happened yet",
+    "retry": "retrying today's failed run",
+    "done-today": "today's run is done",
+    "gave-up": f"today's run failed {MAX_ATTEMPTS} times or too late to retry; next day",
+}
+
+
+# Facts from the database ----------------------------------------------------------------------
+
+
+def plan_from_db(
+    db: store.sqlite_utils.Database,
+    settings: Settings,
+    now: datetime,
+    extra_failures: Sequence[datetime] = (),
+) -> Plan:
+    zone = settings.tz
+    last_ok = store.last_ok_send(db)
+    midnight = datetime.combine(local_day(now, zone), time()).replace(tzinfo=zone)
+    failures = [*store.failed_sends_since(db, midnight), *extra_failures]
+    failures = sorted(f for f in failures if local_day(f, zone) == local_day(now, zone))
+    last_ok_day = local_day(last_ok, zone) if last_ok else None
+    return plan(now, zone, settings.send_at, last_ok_day, failures)
+
+
+# The daemon -----------------------------------------------------------------------------------
+
+
+class Daemon:
+    """Waits (driven by `schedule`), runs the day's send when `plan` says so, until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tick: float = TICK_SECONDS,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings, self.tick, self.clock = settings, tick, clock
+        self.stopping = threading.Event()
+        self.jobs = schedule.Scheduler()
+        self.db = store.open_db(settings.db_path)
+        # Failed attempts that left no row in `runs` (e.g. subscribers.csv missing): without
+        # them such a failure would be retried at once, in a tight loop.
+        self.unrecorded_failures: list[datetime] = []
+        self.planned: Plan | None = None
+
+    def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        name = signal.Signals(signum).name if signum else "stop"
+        if not self.stopping.is_set():
+            log.info("%s received: finishing the email being sent, then exiting", name)
+        self.stopping.set()
+
+    def run(self) -> int:
+        s = self.settings
+        store.daemon_started(self.db, os.getpid(), self.clock())
+        log.info(
+            "digest run started (pid %d): one send a day at %s %s, database %s",
+            os.getpid(),
+            s.send_at,
+            s.timezone,
+            s.db_path,
+        )
+        first = self._replan()
+        if first.reason == "catch-up":
+            log.info("started after today's send time and today's run has not happened")
+        self.jobs.every(self.tick).seconds.do(self._on_tick)
+        try:
+            while not self.stopping.is_set():
+                self.jobs.run_pending()
+                idle = self.jobs.idle_seconds
+                wait = self.tick if idle is None else min(max(idle, 0.0), self.tick)
+                self.stopping.wait(wait)
+        finally:
+            store.daemon_stopped(self.db, self.clock())
+            log.info("digest run stopped")
+        return 0
+
+    def _replan(self) -> Plan:
+        now = self.clock()
+        p = plan_from_db(self.db, self.settings, now, self.unrecorded_failures)
+        if p != self.planned:
+            self.jobs.clear("due")
+            delay = max((p.due - now).total_seconds(), 0.0)
+            self.jobs.every(delay).seconds.do(self._on_due).tag("due")
+            if p.reason != "catch-up":
+                log.info("next run: %s", describe_plan(p, now))
+            self.planned = p
+        return p
+
+    def _on_tick(self) -> None:
+        store.daemon_heartbeat(self.db, self.clock())
+        self._replan()
+
+    def _on_due(self) -> type[schedule.CancelJob]:
+        self.planned = None
+        now = self.clock()
+        p = plan_from_db(self.db, self.settings, now, self.unrecorded_failures)
+        if p.is_due(now) and not self.stopping.is_set():
+            self._attempt(p)
+        if not self.stopping.is_set():
+            self._replan()
+        return schedule.CancelJob
+
+    def _attempt(self, p: Plan) -> None:
+        log.info("run for %s starting (%s)", p.day.isoformat(), REASONS[p.reason])
+        before = store.recent_runs(self.db, 1)
+        try:
+            report = run_send(self.settings, progress=self._on_outcome, should_stop=self._stop)
+        except DigestError as exc:
+            log.error("run failed: %s", exc)
+            self._count_failure(before)
+        except Exception as exc:  # a bug must not take the daemon down; it is retried later
+            log.error("run crashed (a bug in digest): %s: %s", type(exc).__name__, exc)
+            log.debug("traceback", exc_info=True)
+            self._count_failure(before)
+        else:
+            self._log_report(report)
+
+    def _stop(self) -> bool:
+        return self.stopping.is_set()
+
+    def _count_failure(self, before: list[dict[str, object]]) -> None:
+        after = store.recent_runs(self.db, 1)
+        recorded = bool(after) and after != before and after[0]["status"] == "failed"
+        if not recorded:
+            self.unrecorded_failures.append(self.clock())
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        log.info("%s", describe(outcome))
+        store.daemon_heartbeat(self.db, self.clock())
+
+    def _log_report(self, report: RunReport) -> None:
+        for problem in report.problems:
+            log.warning("%s", problem)
+        status = "stopped" if report.stopped else "ok" if report.ok else "failed"
+        log.info(
+            "run %s %s: %d papers fetched in %d arXiv requests; %d emails sent, %d failed",
+            report.run_id,
+            status,
+            report.papers_fetched,
+            report.arxiv_requests,
+            report.sent,
+            len(report.failed),
+        )
+
+
+def run_daemon(settings: Settings) -> int:
+    """`digest run`: until SIGTERM or SIGINT; returns the exit status (0 on a requested stop)."""
+    settings.require_from()
+    daemon = Daemon(settings)
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    return daemon.run()
