@@ -59,10 +59,11 @@ def local_day(moment: datetime, zone: ZoneInfo) -> date:
 
 
 def send_time(day: date, zone: ZoneInfo, send_at: str) -> datetime:
-    """The instant of `day`'s run: skipped wall times move past the gap, repeated ones are the
-    first (fold=0)."""
+    """The instant (in UTC) of `day`'s run: skipped wall times move past the gap, repeated ones
+    are the first (fold=0). UTC, because Python never finds a repeated wall time `==` to any
+    datetime of another zone."""
     wall = datetime.combine(day, parse_clock(send_at)).replace(tzinfo=zone)
-    return wall.astimezone(UTC).astimezone(zone)
+    return wall.astimezone(UTC)
 
 
 def retry_delay(failures: int) -> timedelta:
@@ -72,7 +73,7 @@ def retry_delay(failures: int) -> timedelta:
 
 @dataclass(frozen=True)
 class Plan:
-    due: datetime  # aware; at or before `now` means: run now
+    due: datetime  # UTC; at or before `now` means: run now
     day: date  # the local day the run is for
     reason: str  # send-time | catch-up | retry | done-today | gave-up
 
@@ -100,10 +101,10 @@ def plan(
         retry = max(max(failures_today) + retry_delay(len(failures_today)), at)
         if local_day(retry, zone) != today:
             return Plan(next_day, tomorrow, "gave-up")
-        return Plan(retry.astimezone(zone), today, "retry")
+        return Plan(retry.astimezone(UTC), today, "retry")
     if now < at:
         return Plan(at, today, "send-time")
-    return Plan(now.astimezone(zone), today, "catch-up")
+    return Plan(now.astimezone(UTC), today, "catch-up")
 
 
 def missed_day(
@@ -126,8 +127,8 @@ def missed_day(
     return None
 
 
-def describe_plan(p: Plan, now: datetime) -> str:
-    when = p.due.strftime("%Y-%m-%d %H:%M:%S %Z")
+def describe_plan(p: Plan, now: datetime, zone: ZoneInfo) -> str:
+    when = p.due.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
     if p.is_due(now):
         return f"now ({REASONS[p.reason]})"
     return f"{when} ({REASONS[p.reason]})"
@@ -218,16 +219,23 @@ class Daemon:
         p = plan_from_db(self.db, self.settings, now, self.unrecorded_failures)
         if p != self.planned:
             self.jobs.clear("due")
-            delay = max((p.due - now).total_seconds(), 0.0)
+            # schedule counts in naive local time; at least a moment, or it loops forever
+            delay = max((p.due - now).total_seconds(), 0.01)
             self.jobs.every(delay).seconds.do(self._on_due).tag("due")
             if p.reason != "catch-up":
-                log.info("next run: %s", describe_plan(p, now))
+                log.info("next run: %s", describe_plan(p, now, self.settings.tz))
             self.planned = p
         return p
 
     def _on_tick(self) -> None:
-        store.daemon_heartbeat(self.db, self.clock())
-        self._replan()
+        """Say we are alive; re-read the database. A due run the `due` job has not started yet
+        (the machine's own clock jumped, e.g. a DST change of its local time) starts here."""
+        now = self.clock()
+        store.daemon_heartbeat(self.db, now)
+        if plan_from_db(self.db, self.settings, now, self.unrecorded_failures).is_due(now):
+            self._on_due()
+        else:
+            self._replan()
 
     def _on_due(self) -> type[schedule.CancelJob]:
         self.planned = None

@@ -598,6 +598,9 @@ class _SmtpHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         s = self.s
+        if s.data_gate is not None:  # hold the message "in flight" until the test says so
+            s.data_waiting.set()
+            await asyncio.get_running_loop().run_in_executor(None, s.data_gate.wait)
         with s._lock:
             n = len(s.messages)
             faulty, fault = n in s._data_faults, s._data_faults.pop(n, None)
@@ -639,6 +642,10 @@ class SmtpStandin:
         self.messages: list[ReceivedMessage] = []
         self._data_faults: dict[int, str | None] = {}
         self._lock = threading.Lock()
+        # Set ``data_gate`` to an Event to hold every message after DATA until it is set;
+        # ``data_waiting`` is set once a message is being held.
+        self.data_gate: threading.Event | None = None
+        self.data_waiting = threading.Event()
         self._controller: Controller | None = None
 
     def fail_message(self, n: int, reply: str) -> None:

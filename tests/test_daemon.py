@@ -1,0 +1,247 @@
+"""`digest run` as users run it: a real subprocess (`python -m digest run`), a real SQLite file,
+the loopback arXiv and SMTP stand-ins, real signals. Waits are on what the daemon logs (with
+generous time limits that only turn a hang into a failure), never on sleeps."""
+
+from __future__ import annotations
+
+import json
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from helpers import Digest, messages_to
+from standins import ArxivStandin, Fault, SmtpStandin
+
+ADA = "ada@example.org"
+GRACE = "grace@example.org"
+LIMIT = 60  # seconds before a wait counts as a hang
+# Zones with odd offsets, so that the local day and time are clearly not UTC's.
+ZONES = ("Asia/Kathmandu", "America/St_Johns", "Pacific/Chatham", "Asia/Kolkata")
+
+
+class Daemon:
+    """A running `python -m digest run` whose standard error is read line by line."""
+
+    def __init__(self, digest: Digest, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "digest", "run"],
+            env={**digest.env(), **env},
+            cwd=digest.home,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._new: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+            self._new.put(line)
+        self._new.put(None)
+
+    def wait_for(self, pattern: str) -> re.Match[str]:
+        """The first log line (seen so far or to come) matching `pattern`."""
+        regex = re.compile(pattern)
+        seen = 0
+        while True:
+            for line in self.lines[seen:]:
+                if match := regex.search(line):
+                    return match
+            seen = len(self.lines)
+            try:
+                if self._new.get(timeout=LIMIT) is None and seen == len(self.lines):
+                    raise AssertionError(f"exited without logging {pattern!r}:\n{self.log}")
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} within {LIMIT}s:\n{self.log}") from None
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.wait()
+
+    def wait(self) -> int:
+        code = self.proc.wait(timeout=LIMIT)
+        self._reader.join(timeout=LIMIT)
+        return code
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
+    installation = Digest(tmp_path, arxiv, smtp, {})
+    installation.write_subscribers(
+        [
+            {"email": ADA, "name": "Ada", "keywords": "reward model"},
+            {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"},
+        ]
+    )
+    return installation
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for daemon in started:
+        daemon.kill()
+
+
+def zone_away_from_midnight(ahead: timedelta) -> tuple[str, datetime]:
+    """A zone where now and now + `ahead` (and 10 minutes more) are on the same local day."""
+    now = datetime.now(UTC)
+    for name in ZONES:
+        local = now.astimezone(ZoneInfo(name))
+        if (
+            (local + ahead + timedelta(minutes=10)).date()
+            == local.date()
+            == (local - timedelta(hours=2)).date()
+        ):
+            return name, local
+    raise AssertionError("every candidate zone is near midnight")  # cannot happen: offsets differ
+
+
+def start(digest: Digest, daemons: list[Daemon], **env: str) -> Daemon:
+    daemon = Daemon(digest, {f"DIGEST_{k.upper()}": v for k, v in env.items()})
+    daemons.append(daemon)
+    return daemon
+
+
+def send_runs(digest: Digest) -> list[tuple[object, ...]]:
+    return digest.query("SELECT status FROM runs WHERE kind = 'send' ORDER BY id")
+
+
+def test_it_sends_at_the_send_time_once_a_day_and_stops_on_sigterm(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    zone, local = zone_away_from_midnight(timedelta(seconds=10))
+    send_at = (local + timedelta(seconds=10)).strftime("%H:%M:%S")
+    today = local.date().isoformat()
+
+    first = start(digest, daemons, send_at=send_at, timezone=zone)
+    # It waits for the send time (it did not start after it) ...
+    first.wait_for(rf"next run: {today} {send_at} \S+ \(today's send time\)")
+    assert digest.smtp.messages == []
+    # ... then sends one email per subscriber.
+    first.wait_for(r"run \d+ ok: \d+ papers fetched in \d+ arXiv requests; 2 emails sent, 0 failed")
+    first.wait_for(r"next run: \S+ \S+ \S+ \(today's run is done\)")
+    assert len(messages_to(digest.smtp, ADA)) == 1
+    assert len(messages_to(digest.smtp, GRACE)) == 1
+    assert send_runs(digest) == [("ok",)]
+    assert first.stop() == 0
+    assert "SIGTERM received" in first.log and "digest run stopped" in first.log
+    for line in first.lines:  # one line per event, each with its time
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line), line
+
+    # Restarted the same day: today's run happened (says the database), nothing more is sent.
+    again = start(digest, daemons, send_at=send_at, timezone=zone)
+    tomorrow = (local + timedelta(days=1)).date().isoformat()
+    again.wait_for(rf"next run: {tomorrow} {send_at} \S+ \(today's run is done\)")
+    assert again.stop() == 0
+    assert len(digest.smtp.messages) == 2
+    assert send_runs(digest) == [("ok",)]
+
+
+def test_started_after_the_send_time_it_catches_up_at_once(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    zone, local = zone_away_from_midnight(timedelta(0))
+    send_at = (local - timedelta(hours=1)).strftime("%H:%M")
+
+    daemon = start(digest, daemons, send_at=send_at, timezone=zone)
+
+    daemon.wait_for(r"started after today's send time and today's run has not happened")
+    daemon.wait_for(r"run \d+ ok: .* 2 emails sent, 0 failed")
+    assert daemon.stop(signal.SIGINT) == 0
+    assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, GRACE)) == 1
+
+
+def test_sigterm_while_sending_finishes_that_email_records_it_and_exits_0(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    zone, local = zone_away_from_midnight(timedelta(0))
+    send_at = (local - timedelta(minutes=5)).strftime("%H:%M")
+    gate = threading.Event()
+    digest.smtp.data_gate = gate
+    try:
+        daemon = start(digest, daemons, send_at=send_at, timezone=zone)
+        assert digest.smtp.data_waiting.wait(LIMIT), daemon.log  # Ada's email is in flight
+        daemon.proc.send_signal(signal.SIGTERM)
+        daemon.wait_for("SIGTERM received")
+    finally:
+        gate.set()
+        digest.smtp.data_gate = None
+    assert daemon.wait() == 0
+
+    assert [m.rcpt_tos for m in digest.smtp.messages] == [[ADA]]
+    assert digest.query("SELECT subscriber, status FROM emails") == [(ADA, "sent")]
+    assert digest.delivered(ADA) and not digest.delivered(GRACE)
+    [(status, message)] = digest.query("SELECT status, message FROM runs")
+    assert status == "stopped" and message == "stopped before 1 of 2 subscribers"
+    assert re.search(r"run \d+ stopped: .* 1 emails sent, 0 failed", daemon.log)
+
+    # A stopped run is not the day's run: the next start sends Grace hers, Ada nothing twice.
+    again = start(digest, daemons, send_at=send_at, timezone=zone)
+    again.wait_for(r"run \d+ ok: .* 1 emails sent, 0 failed")
+    assert again.stop() == 0
+    assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, GRACE)) == 1
+
+
+def test_a_failing_run_is_retried_later_with_backoff_and_the_daemon_lives_on(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    zone, local = zone_away_from_midnight(timedelta(minutes=10))
+    send_at = (local - timedelta(minutes=1)).strftime("%H:%M")
+    digest.arxiv.fault_on_page(0, Fault.http(503))
+
+    daemon = start(digest, daemons, send_at=send_at, timezone=zone)
+
+    daemon.wait_for(r"run failed: .*503")
+    retry = daemon.wait_for(r"next run: (\S+ \S+) \S+ \(retrying today's failed run\)")
+    assert send_runs(digest) == [("failed",)]  # one attempt, not a loop
+    retry_at = datetime.fromisoformat(retry[1]).replace(tzinfo=ZoneInfo(zone))
+    [(finished,)] = digest.query("SELECT finished_at FROM runs")
+    assert retry_at - datetime.fromisoformat(str(finished)) == timedelta(minutes=5)
+    assert daemon.proc.poll() is None
+    assert digest.smtp.messages == []
+
+    status = digest.run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    found = json.loads(status.stdout)
+    assert found["next_run"]["reason"] == "retry"
+    assert found["runs"][0]["status"] == "failed" and "503" in found["runs"][0]["message"]
+    assert found["daemon"]["running"] is True
+    assert daemon.stop() == 0
+
+
+def test_a_bad_setting_stops_the_daemon_at_once_with_a_clear_error(digest: Digest) -> None:
+    digest.extra_env["DIGEST_SEND_AT"] = "7am"
+    result = digest.run("run", timeout=LIMIT)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "Error: DIGEST_SEND_AT='7am' is not valid: use a 24-hour time as HH:MM, e.g. 07:00"
+    )
+
+    digest.extra_env.update(DIGEST_SEND_AT="07:00", DIGEST_FROM="")
+    result = digest.run("run", timeout=LIMIT)
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: DIGEST_FROM is not set")
+    assert digest.smtp.messages == []
