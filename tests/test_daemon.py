@@ -120,7 +120,9 @@ def zone_away_from_midnight(ahead: timedelta) -> tuple[str, datetime]:
 
 
 def start(digest: Digest, daemons: list[Daemon], **env: str) -> Daemon:
-    daemon = Daemon(digest, {f"DIGEST_{k.upper()}": v for k, v in env.items()})
+    """Start `digest run`; `env` (send_at=..., timezone=...) also applies to `digest.run`."""
+    digest.extra_env.update({f"DIGEST_{k.upper()}": v for k, v in env.items()})
+    daemon = Daemon(digest, {})
     daemons.append(daemon)
     return daemon
 
@@ -135,6 +137,7 @@ def test_it_sends_at_the_send_time_once_a_day_and_stops_on_sigterm(
     zone, local = zone_away_from_midnight(timedelta(seconds=10))
     send_at = (local + timedelta(seconds=10)).strftime("%H:%M:%S")
     today = local.date().isoformat()
+    tomorrow = (local + timedelta(days=1)).date().isoformat()
 
     first = start(digest, daemons, send_at=send_at, timezone=zone)
     # It waits for the send time (it did not start after it) ...
@@ -146,14 +149,27 @@ def test_it_sends_at_the_send_time_once_a_day_and_stops_on_sigterm(
     assert len(messages_to(digest.smtp, ADA)) == 1
     assert len(messages_to(digest.smtp, GRACE)) == 1
     assert send_runs(digest) == [("ok",)]
+    healthy = digest.run("status", "--check")
+    assert (healthy.returncode, healthy.stdout, healthy.stderr) == (0, "", "")
+    shown = digest.run("status").stdout
+    assert re.search(r"^Daemon: running since .* \(pid \d+\)", shown, re.M)
+    assert re.search(rf"^Next run: {tomorrow} {send_at} \S+ \(today's run is done\)$", shown, re.M)
+    assert re.search(
+        r"^  #1 send ok, started .*: \d+ papers fetched in \d+ arXiv requests, "
+        r"2 emails sent, 0 failed$",
+        shown,
+        re.M,
+    )
     assert first.stop() == 0
+    stopped = digest.run("status", "--check")
+    assert stopped.returncode == 1
+    assert re.fullmatch(r"Error: the daemon stopped at \S+ \S+ \S+\n", stopped.stderr)
     assert "SIGTERM received" in first.log and "digest run stopped" in first.log
     for line in first.lines:  # one line per event, each with its time
         assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line), line
 
     # Restarted the same day: today's run happened (says the database), nothing more is sent.
     again = start(digest, daemons, send_at=send_at, timezone=zone)
-    tomorrow = (local + timedelta(days=1)).date().isoformat()
     again.wait_for(rf"next run: {tomorrow} {send_at} \S+ \(today's run is done\)")
     assert again.stop() == 0
     assert len(digest.smtp.messages) == 2
@@ -229,7 +245,35 @@ def test_a_failing_run_is_retried_later_with_backoff_and_the_daemon_lives_on(
     assert found["next_run"]["reason"] == "retry"
     assert found["runs"][0]["status"] == "failed" and "503" in found["runs"][0]["message"]
     assert found["daemon"]["running"] is True
+    # For a health check, a day without a successful run is a missed run (here: no grace).
+    check = digest.run("status", "--check", "--grace", "0")
+    assert check.returncode == 1
+    today = local.date().isoformat()
+    assert check.stderr.startswith(f"Error: the daemon missed the run for {today} (due {send_at}")
     assert daemon.stop() == 0
+
+
+def test_a_daemon_killed_mid_email_leaves_it_pending_and_status_shows_it_owed(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    zone, _ = zone_away_from_midnight(timedelta(0))
+    gate = threading.Event()
+    digest.smtp.data_gate = gate
+    try:
+        daemon = start(digest, daemons, send_at="00:00", timezone=zone)
+        assert digest.smtp.data_waiting.wait(LIMIT), daemon.log
+        daemon.kill()  # SIGKILL: no chance to record anything more
+    finally:
+        gate.set()
+        digest.smtp.data_gate = None
+
+    shown = digest.run("status")
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"^  #1 send running, started ", shown.stdout, re.M)
+    assert re.search(rf"^  {re.escape(ADA)}: [1-9]\d* papers, pending since ", shown.stdout, re.M)
+    found = json.loads(digest.run("status", "--json").stdout)
+    assert [(o["subscriber"], o["status"]) for o in found["owed"]] == [(ADA, "pending")]
+    assert found["daemon"]["stopped_at"] is None  # killed: it could not say it stopped
 
 
 def test_a_bad_setting_stops_the_daemon_at_once_with_a_clear_error(digest: Digest) -> None:
