@@ -21,6 +21,8 @@ DEFAULT_GRACE = timedelta(minutes=60)
 
 @dataclass
 class Status:
+    """Times are ISO 8601 in UTC (as stored); `render_text` shows them in DIGEST_TIMEZONE."""
+
     now: str
     timezone: str
     send_at: str
@@ -83,7 +85,7 @@ def gather(
                 f"{settings.timezone}; {last}); see `digest status`"
             )
     return Status(
-        now=_local(now, settings),
+        now=store.now_iso(now),
         timezone=settings.timezone,
         send_at=settings.send_at,
         daemon=daemon,
@@ -109,7 +111,8 @@ def _local(moment: datetime | object, settings: Settings) -> str:
 
 
 def render_text(status: Status, settings: Settings) -> str:
-    out = [f"digest status at {status.now} (send time {status.send_at} {status.timezone})"]
+    when = _local(status.now, settings)
+    out = [f"digest status at {when} (send time {status.send_at} {status.timezone})"]
     d = status.daemon
     if d is None:
         out.append("Daemon: never started on this database")

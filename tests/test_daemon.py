@@ -289,3 +289,19 @@ def test_a_bad_setting_stops_the_daemon_at_once_with_a_clear_error(digest: Diges
     assert result.returncode == 1
     assert result.stderr.startswith("Error: DIGEST_FROM is not set")
     assert digest.smtp.messages == []
+
+
+def test_a_failure_that_leaves_no_run_row_is_still_retried_with_backoff(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    digest.csv_path.unlink()  # fails before a run is recorded: only the daemon knows
+    zone, local = zone_away_from_midnight(timedelta(minutes=10))
+
+    daemon = start(digest, daemons, send_at="00:00", timezone=zone)
+
+    daemon.wait_for(r"run failed: subscribers.csv: no such file")
+    retry = daemon.wait_for(r"next run: (\S+ \S+) \S+ \(retrying today's failed run\)")
+    assert datetime.fromisoformat(retry[1]) > local.replace(tzinfo=None) + timedelta(minutes=4)
+    assert daemon.proc.poll() is None
+    assert daemon.stop() == 0
+    assert len(re.findall("run failed", daemon.log)) == 1
