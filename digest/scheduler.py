@@ -230,6 +230,13 @@ class Daemon:
     def _on_tick(self) -> None:
         """Say we are alive; re-read the database. A due run the `due` job has not started yet
         (the machine's own clock jumped, e.g. a DST change of its local time) starts here."""
+        try:
+            self._tick()
+        except Exception as exc:  # e.g. the database locked or the disk full: try next tick
+            log.error("cannot check the schedule: %s: %s", type(exc).__name__, exc)
+            self.planned = None
+
+    def _tick(self) -> None:
         now = self.clock()
         store.daemon_heartbeat(self.db, now)
         if plan_from_db(self.db, self.settings, now, self.unrecorded_failures).is_due(now):
@@ -238,13 +245,20 @@ class Daemon:
             self._replan()
 
     def _on_due(self) -> type[schedule.CancelJob]:
+        """Run if the database still says so, then plan the next run. A job that raised would
+        be run again at once by `schedule`, so nothing escapes: the next tick plans again."""
         self.planned = None
-        now = self.clock()
-        p = plan_from_db(self.db, self.settings, now, self.unrecorded_failures)
-        if p.is_due(now) and not self.stopping.is_set():
-            self._attempt(p)
-        if not self.stopping.is_set():
-            self._replan()
+        try:
+            now = self.clock()
+            p = plan_from_db(self.db, self.settings, now, self.unrecorded_failures)
+            if p.is_due(now) and not self.stopping.is_set():
+                self._attempt(p)
+            if not self.stopping.is_set():
+                self._replan()
+        except Exception as exc:
+            log.error("cannot check the schedule: %s: %s", type(exc).__name__, exc)
+            self.jobs.clear("due")
+            self.planned = None
         return schedule.CancelJob
 
     def _attempt(self, p: Plan) -> None:

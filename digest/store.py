@@ -614,7 +614,7 @@ def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
             "(SELECT count(*) FROM email_papers ep WHERE ep.message_id = e.message_id "
             " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.subscriber = e.subscriber "
             "  AND d.paper_id = ep.paper_id)) AS papers "
-            "FROM emails e WHERE e.status IN ('pending', 'failed') "
+            "FROM emails e WHERE e.status IN ('pending', 'failed', 'deferred') "
             "AND NOT EXISTS (SELECT 1 FROM emails later WHERE later.subscriber = e.subscriber "
             " AND later.rowid > e.rowid) "
             "ORDER BY e.status DESC, e.created_at"
