@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
+import time as time_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -44,6 +44,7 @@ RETRY_FIRST = timedelta(minutes=5)
 RETRY_MAX = timedelta(hours=2)
 MAX_ATTEMPTS = 8  # failed attempts a day before waiting for the next day
 TICK_SECONDS = 30.0  # how often the daemon re-reads the database and says it is alive
+NAP = 0.5  # seconds between two looks at the schedule and the stop flag
 
 
 # Pure decisions ------------------------------------------------------------------------------
@@ -175,7 +176,9 @@ class Daemon:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings, self.tick, self.clock = settings, tick, clock
-        self.stopping = threading.Event()
+        # Set by the signal handler. A plain flag, not a threading.Event: a handler that takes
+        # a lock the interrupted code holds (Event.wait does) deadlocks.
+        self.stop_requested = False
         self.jobs = schedule.Scheduler()
         self.db = store.open_db(settings.db_path)
         # Failed attempts that left no row in `runs` (e.g. subscribers.csv missing): without
@@ -184,10 +187,14 @@ class Daemon:
         self.planned: Plan | None = None
 
     def request_stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
-        name = signal.Signals(signum).name if signum else "stop"
-        if not self.stopping.is_set():
-            log.info("%s received: finishing the email being sent, then exiting", name)
-        self.stopping.set()
+        """The signal handler: sets the flag and says so with one raw write to standard error
+        (logging from a handler could re-enter a half-done write of the interrupted code)."""
+        first, self.stop_requested = not self.stop_requested, True
+        if first:
+            name = signal.Signals(signum).name if signum else "stop"
+            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
+            line = f"{stamp} INFO {__name__}: {name} received: finishing the email being sent"
+            os.write(2, f"{line}, then exiting\n".encode())
 
     def run(self) -> int:
         s = self.settings
@@ -204,11 +211,11 @@ class Daemon:
             log.info("started after today's send time and today's run has not happened")
         self.jobs.every(self.tick).seconds.do(self._on_tick)
         try:
-            while not self.stopping.is_set():
+            while not self.stop_requested:
                 self.jobs.run_pending()
                 idle = self.jobs.idle_seconds
-                wait = self.tick if idle is None else min(max(idle, 0.0), self.tick)
-                self.stopping.wait(wait)
+                # short naps, so that a stop request is seen within a moment
+                time_module.sleep(min(max(idle if idle is not None else NAP, 0.0), NAP))
         finally:
             store.daemon_stopped(self.db, self.clock())
             log.info("digest run stopped")
@@ -251,9 +258,9 @@ class Daemon:
         try:
             now = self.clock()
             p = plan_from_db(self.db, self.settings, now, self.unrecorded_failures)
-            if p.is_due(now) and not self.stopping.is_set():
+            if p.is_due(now) and not self.stop_requested:
                 self._attempt(p)
-            if not self.stopping.is_set():
+            if not self.stop_requested:
                 self._replan()
         except Exception as exc:
             log.error("cannot check the schedule: %s: %s", type(exc).__name__, exc)
@@ -277,7 +284,7 @@ class Daemon:
             self._log_report(report)
 
     def _stop(self) -> bool:
-        return self.stopping.is_set()
+        return self.stop_requested
 
     def _count_failure(self, before: list[dict[str, object]]) -> None:
         after = store.recent_runs(self.db, 1)

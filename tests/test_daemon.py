@@ -226,7 +226,8 @@ def test_a_failing_run_is_retried_later_with_backoff_and_the_daemon_lives_on(
 ) -> None:
     zone, local = zone_away_from_midnight(timedelta(minutes=10))
     send_at = (local - timedelta(minutes=1)).strftime("%H:%M")
-    digest.arxiv.fault_on_page(0, Fault.http(503))
+    for _ in range(10):  # more than the retries within one run: the run fails
+        digest.arxiv.fault_on_page(0, Fault.http(503))
 
     daemon = start(digest, daemons, send_at=send_at, timezone=zone)
 
