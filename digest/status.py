@@ -31,6 +31,7 @@ class Status:
     runs: list[dict[str, Any]]
     failed_emails: list[dict[str, Any]]
     owed: list[dict[str, Any]]
+    suspended: list[dict[str, Any]]
     missed: str | None
     problems: list[str] = field(default_factory=list)  # what `--check` fails on
 
@@ -98,6 +99,10 @@ def gather(
         runs=recent,
         failed_emails=store.failed_emails(db, [int(r["id"]) for r in recent]),
         owed=store.owed_emails(db),
+        suspended=[
+            {"subscriber": s.subscriber, "since": s.since, "reason": s.reason}
+            for s in store.suspensions(db).values()
+        ],
         missed=missed,
         problems=problems,
     )
@@ -154,4 +159,12 @@ def render_text(status: Status, settings: Settings) -> str:
             f"  {e['subscriber']}: {e['papers']} papers, {e['status']} since "
             f"{_local(e['created_at'], settings)}{why}"
         )
+    if status.suspended:
+        out.append("")
+        out.append("Suspended (nothing is sent to them):")
+        for s in status.suspended:
+            out.append(
+                f"  {s['subscriber']}: since {_local(s['since'], settings)}: {s['reason']}; "
+                f"`digest subscribers enable {s['subscriber']}` sends to it again"
+            )
     return "\n".join(out)

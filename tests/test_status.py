@@ -101,3 +101,22 @@ def test_check_fails_when_no_daemon_ever_ran(digest: Digest) -> None:
     result = digest.run("status", "--check")
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "Error: the daemon (`digest run`) has never run on this database\n"
+
+
+def test_it_lists_suspended_subscribers(digest: Digest) -> None:
+    digest.extra_env["DIGEST_SUSPEND_AFTER"] = "1"
+    digest.smtp.reject_rcpt[GRACE] = (550, "5.1.1 No such user")
+    assert digest.run("send").returncode == 1
+
+    result = digest.run("status")
+
+    assert result.returncode == 0, result.stderr
+    suspended = result.stdout.split("Suspended (nothing is sent to them):\n")[1]
+    assert re.match(
+        rf"  {re.escape(GRACE)}: since \S+ \S+ \+0545: .*550 5\.1\.1 No such user.*; "
+        rf"`digest subscribers enable {re.escape(GRACE)}` sends to it again$",
+        suspended,
+    ), suspended
+    found = json.loads(digest.run("status", "--json").stdout)
+    [entry] = found["suspended"]
+    assert entry["subscriber"] == GRACE and "550 5.1.1 No such user" in entry["reason"]
