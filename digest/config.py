@@ -43,6 +43,9 @@ class Settings:
     public_url: str | None = None
     trending: str | None = None
     trending_url: str = "https://huggingface.co/api/daily_papers"
+    trending_top: int = 5
+    trending_timeout: float = 10.0
+    trending_retries: int = 2
     html_budget: int = 95_000
     arxiv_page_size: int = 200
     arxiv_retries: int = 3
@@ -76,6 +79,11 @@ class Settings:
             public_url=reader.get("PUBLIC_URL", _url, None),
             trending=reader.get("TRENDING", _choice(("huggingface",)), None),
             trending_url=reader.get("TRENDING_URL", _url, cls.trending_url),
+            trending_top=reader.get("TRENDING_TOP", _positive(int), cls.trending_top),
+            trending_timeout=reader.get("TRENDING_TIMEOUT", _positive(float), cls.trending_timeout),
+            trending_retries=reader.get(
+                "TRENDING_RETRIES", _non_negative(int), cls.trending_retries
+            ),
             html_budget=reader.get("HTML_BUDGET", _positive(int), cls.html_budget),
             arxiv_page_size=reader.get("ARXIV_PAGE_SIZE", _page_size, cls.arxiv_page_size),
             arxiv_retries=reader.get("ARXIV_RETRIES", _non_negative(int), cls.arxiv_retries),

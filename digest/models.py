@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -45,6 +46,7 @@ class Subscriber:
     keywords: tuple[str, ...]  # in the subscriber's order of preference
     name: str = ""
     line: int = 0  # line in subscribers.csv, for messages
+    trending: bool = True  # show the "Trending today" section (when trending is on)
 
     @property
     def key(self) -> str:
@@ -73,12 +75,31 @@ class Section:
 
 
 @dataclass(frozen=True)
+class TrendingPaper:
+    """A paper on Hugging Face's daily papers list, with its upvotes."""
+
+    id: str  # arXiv id without version
+    title: str
+    upvotes: int
+
+    @property
+    def abs_url(self) -> str:
+        return f"https://arxiv.org/abs/{self.id}"
+
+    @property
+    def hf_url(self) -> str:
+        return f"https://huggingface.co/papers/{self.id}"
+
+
+@dataclass(frozen=True)
 class Digest:
     """What one subscriber is owed today, in the order the email shows it."""
 
     subscriber: Subscriber
     sections: tuple[Section, ...]
     day: str  # the digest's date, ISO, in the configured time zone
+    trending: tuple[TrendingPaper, ...] = ()  # the "Trending today" section, most upvoted first
+    upvotes: Mapping[str, int] = field(default_factory=dict)  # paper id -> upvotes, if trending
 
     @property
     def entries(self) -> tuple[Entry, ...]:

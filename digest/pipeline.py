@@ -25,6 +25,7 @@ import sqlite_utils
 from digest import announce, store, subscribers
 from digest import fetch as fetch_stage
 from digest import render as render_stage
+from digest import trending as trending_stage
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.mailer import Messenger, SendResult, build_message, new_message_id
@@ -210,6 +211,7 @@ def _run(
         report.papers_fetched, report.arxiv_requests = len(fetched.papers), fetched.requests
         store.save_papers(db, fetched.papers)
         report.warnings.extend(_check_fetch(db, report.run_id or 0, fetched.papers, now))
+        board = trending_stage.refresh(db, settings, day, report.run_id or 0)
         if not report.dry_run:
             outbox.connect(refresh=True)  # the connection may have idled out during the fetch
 
@@ -232,6 +234,7 @@ def _run(
             candidates = {pid for found in person_hits.values() for pid in found}
             taken = store.taken_ids(db, person.key, candidates)
             digest = plan_digest(person, person_hits, person_papers, taken, day)
+            digest = trending_stage.decorate(digest, board, settings.trending_top)
             outbox.deliver(digest, now)
         if not report.stopped:  # stopping: the refused-for-now emails stay pending, owed
             outbox.finish_retries()
@@ -402,6 +405,9 @@ class _Outbox:
         papers = store.papers_by_id(self.db, pending.paper_ids)
         _literal_filter(person.keywords, hits, papers)
         digest = plan_digest(person, hits, papers, set(), pending.day or today)
+        if self.settings.trending is not None:  # with the trending list stored for its day
+            board = trending_stage.load(self.db, digest.day)
+            digest = trending_stage.decorate(digest, board, self.settings.trending_top)
         rendered = self._render(digest) if digest.entries else None
         if rendered is None or not rendered.paper_ids:
             if not digest.entries:  # its papers no longer match the subscriber's keywords

@@ -65,6 +65,7 @@ class EntryView:
     keywords: tuple[str, ...]
     abs_url: str
     pdf_url: str
+    upvotes: int = 0  # on Hugging Face's daily papers today; 0: not trending
 
 
 def highlight(text: str, spans: Sequence[Span]) -> Markup:
@@ -96,7 +97,7 @@ def author_line(authors: Sequence[str]) -> str:
     return f"{', '.join(authors[:MAX_AUTHORS])} et al. ({len(authors)} authors)"
 
 
-def entry_view(entry: Entry) -> EntryView:
+def entry_view(entry: Entry, upvotes: int = 0) -> EntryView:
     paper = entry.paper
     abstract = shorten(paper.abstract, ABSTRACT_CHARS)
     return EntryView(
@@ -112,6 +113,7 @@ def entry_view(entry: Entry) -> EntryView:
         keywords=entry.keywords,
         abs_url=paper.abs_url,
         pdf_url=paper.pdf_url,
+        upvotes=upvotes,
     )
 
 
@@ -126,7 +128,7 @@ def subject_line(digest: Digest) -> str:
 
 def _context(digest: Digest, full: int, shown: int, sender: str) -> dict[str, object]:
     entries = digest.entries[:shown]
-    views = {entry.paper.id: entry_view(entry) for entry in entries}
+    views = {e.paper.id: entry_view(e, digest.upvotes.get(e.paper.id, 0)) for e in entries}
     full_ids = {entry.paper.id for entry in entries[:full]}
     sections = []
     for section in digest.sections:
@@ -146,6 +148,7 @@ def _context(digest: Digest, full: int, shown: int, sender: str) -> dict[str, ob
         "subscriber": digest.subscriber,
         "sender_address": parseaddr(sender)[1] or sender,
         "preview": "; ".join(v.title_text for v in list(views.values())[:3]),
+        "trending": digest.trending,
     }
 
 

@@ -125,10 +125,26 @@ def _m_daemon_heartbeat(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m_trending_upvotes(db: sqlite_utils.Database) -> None:
+    """Hugging Face daily papers: upvotes per arXiv id for each day fetched; the run's outcome."""
+    db["trending"].create(
+        {
+            "day": str,  # the digest's date the list was fetched for
+            "paper_id": str,  # arXiv id without version
+            "upvotes": int,
+            "title": str,
+            "fetched_at": str,
+        },
+        pk=("day", "paper_id"),
+    )
+    db["runs"].add_column("trending", str)  # "N papers" | "failed: why" | NULL (off)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
     _m_daemon_heartbeat,
+    _m_trending_upvotes,
 ]
 
 

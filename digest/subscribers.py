@@ -17,6 +17,9 @@ from digest.models import Subscriber
 
 REQUIRED_COLUMNS = ("email", "keywords")
 KEYWORD_SEPARATOR = ";"
+# The optional `trending` column: an empty cell keeps the default (the section is shown).
+TRENDING_VALUES = {"yes": True, "on": True, "true": True, "1": True}
+TRENDING_VALUES |= {"no": False, "off": False, "false": False, "0": False}
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,15 @@ def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, s
             f"use words, e.g. 'graph neural network'"
         )
     name = (values.get("name") or "").strip()
-    return Subscriber(email=email, keywords=keywords, name=name, line=line), None
+    trending_cell = (values.get("trending") or "").strip().lower()
+    if trending_cell and trending_cell not in TRENDING_VALUES:
+        return None, (
+            f"trending={values.get('trending')!r} for {email} is not valid; "
+            f"use yes or no (or leave it empty)"
+        )
+    trending = TRENDING_VALUES.get(trending_cell, True)
+    subscriber = Subscriber(email=email, keywords=keywords, name=name, line=line, trending=trending)
+    return subscriber, None
 
 
 def parse_keywords(cell: str) -> tuple[str, ...]:

@@ -696,3 +696,118 @@ class SmtpStandin:
             if self.auth is None or given == tuple(self.auth):
                 return AuthResult(success=True, auth_data=data)
         return AuthResult(success=False, handled=False)  # -> 535; handled=True would hang clients
+
+
+# --- Hugging Face daily papers stand-in -----------------------------------------------------
+
+
+def daily_paper(paper: Mapping[str, Any], upvotes: int, comments: int = 0) -> dict[str, Any]:
+    """One entry of the Hugging Face daily papers API for an arXiv paper (a papers.json-shaped
+    dict), in the API's shape: the paper (id without version, upvotes, ...) inside a wrapper."""
+    arxiv_id = base_id(paper["id"])
+    when = _when(paper, "published").strftime("%Y-%m-%dT%H:%M:%S.000Z")
+    digest = hashlib.sha1(arxiv_id.encode()).hexdigest()
+    authors = [
+        {"_id": digest[:24], "name": name, "hidden": False} for name in paper.get("authors", [])
+    ]
+    return {
+        "paper": {
+            "id": arxiv_id,
+            "authors": authors,
+            "publishedAt": when,
+            "submittedOnDailyAt": when,
+            "title": paper["title"],
+            "summary": paper.get("abstract", ""),
+            "upvotes": upvotes,
+            "discussionId": digest[:24],
+            "ai_keywords": [],
+        },
+        "publishedAt": when,
+        "title": paper["title"],
+        "summary": paper.get("abstract", ""),
+        "thumbnail": f"https://cdn-thumbnails.huggingface.co/social-thumbnails/papers/{arxiv_id}.png",
+        "numComments": comments,
+        "submittedBy": {"_id": digest[-24:], "fullname": "AK", "name": "akhaliq", "type": "user"},
+        "isAuthorParticipating": False,
+    }
+
+
+class _TrendingServer(ThreadingHTTPServer):
+    daemon_threads = True
+    standin: TrendingStandin
+
+
+class _TrendingHandler(BaseHTTPRequestHandler):
+    server: _TrendingServer
+
+    def do_GET(self) -> None:
+        standin, url = self.server.standin, urlsplit(self.path)
+        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        fault = standin._record(url.path, params, {k.title(): v for k, v in self.headers.items()})
+        if fault and fault.delay and standin._closing.wait(fault.delay):
+            self.close_connection = True  # closed while hanging: hang up without an answer
+            return
+        if fault and fault.body is not None:
+            body = fault.body(params) if callable(fault.body) else fault.body
+            status, content_type = fault.status, fault.content_type
+        elif url.path != "/api/daily_papers":
+            status, content_type = 404, "application/json"
+            body = b'{"error":"Sorry, we can\'t find the page you are looking for."}'
+        else:
+            status, content_type = 200, "application/json; charset=utf-8"
+            body = json.dumps(standin.entries).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (fault.headers if fault else {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+class TrendingStandin:
+    """Hugging Face's daily papers API on 127.0.0.1: ``GET /api/daily_papers`` answers
+    ``entries`` (a JSON list shaped like the real one; see ``daily_paper``) whatever the query.
+
+    ``faults`` (the arXiv stand-in's ``Fault``: ``Fault.http(429, retry_after=0)``,
+    ``Fault.hang(30)``, or a custom body) are used up one per request, in order; ``requests``
+    records every request. Starts on construction; ``close()`` interrupts hanging answers."""
+
+    def __init__(self, entries: Iterable[Mapping[str, Any]] = (), host: str = "127.0.0.1") -> None:
+        self.entries: list[dict[str, Any]] = [dict(e) for e in entries]
+        self.faults: list[Fault] = []
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._server = _TrendingServer((host, 0), _TrendingHandler)
+        self._server.standin = self
+        self.host, self.port = host, self._server.server_address[1]
+        self.url = f"http://{host}:{self.port}/api/daily_papers"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving (interrupting hang faults) and join the server thread. Idempotent."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> TrendingStandin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _record(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Fault | None:
+        with self._lock:
+            fault = self.faults.pop(0) if self.faults else None
+            self.requests.append(RecordedRequest(path, params, headers, fault))
+        return fault
