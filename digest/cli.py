@@ -16,6 +16,7 @@ import click
 from digest import __version__, scheduler
 from digest import progress as progress_display
 from digest import status as status_report
+from digest.archive import DEFAULT_MAX, FORMATS, run_archive
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import RunReport, enable_address, run_send
@@ -163,3 +164,55 @@ def enable(email: str, db: Path | None) -> None:
         click.echo(f"{email} is not suspended; nothing changed.")
     else:
         click.echo(f"{email} is enabled again (suspended since {lifted.since}: {lifted.reason}).")
+
+
+@main.command()
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, allow_dash=True, path_type=Path),
+    help="Where to write the page; '-' for standard output.  [default: archive.md or archive.html]",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="md",
+    show_default=True,
+    help="md: GitHub Markdown (publishable as a README); html: a standalone page.",
+)
+@click.option(
+    "--max-per-keyword",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX,
+    show_default=True,
+    help="Newest papers kept per keyword.",
+)
+@click.option(
+    "--keyword",
+    "keywords",
+    multiple=True,
+    help="A keyword to list (repeatable).  [default: every keyword any subscriber follows]",
+)
+@db_option
+@subscribers_option
+@user_errors
+def archive(
+    out: Path | None,
+    fmt: str,
+    max_per_keyword: int,
+    keywords: tuple[str, ...],
+    db: Path | None,
+    subscribers: Path | None,
+) -> None:
+    """Write the per-keyword page of the newest papers in the database (no fetching)."""
+    settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+    page = run_archive(settings, out=out, fmt=fmt, keywords=keywords, limit=max_per_keyword)
+    if page.path is None:
+        click.echo(page.text, nl=False)
+    else:
+        counts = f"{page.paper_count} papers for {len(page.tables)} keywords"
+        click.echo(f"Wrote {page.path}: {counts}.")
+    for problem in page.problems:
+        click.echo(f"Error: {problem}", err=True)
+    if page.problems:
+        sys.exit(1)
