@@ -144,7 +144,10 @@ def fetch(url: str, *, timeout: float, retries: int) -> list[TrendingPaper]:
         payload = response.json()
     except ValueError:
         raise TrendingError(f"{url} answered something that is not JSON") from None
-    return parse(payload)
+    try:
+        return parse(payload)
+    except TrendingError as exc:
+        raise TrendingError(f"{url}: {exc}") from None
 
 
 def save(db: sqlite_utils.Database, day: str, papers: Iterable[TrendingPaper]) -> None:
