@@ -158,6 +158,7 @@ def render_html(context: dict[str, object]) -> str:
     inlined = premailer.transform(
         html,
         allow_network=False,
+        strip_important=False,  # the dark-mode block must beat the inlined light colours
         cssutils_logging_level=logging.CRITICAL,
         disable_validation=True,
     )

@@ -149,14 +149,21 @@ def measure(url_or_file: str | Path, width: int, height: int = 900) -> Layout:
         return _layout(driver)
 
 
-def screenshot(url_or_file: str | Path, out_png: Path, width: int, height: int) -> Path:
+def screenshot(
+    url_or_file: str | Path, out_png: Path, width: int, height: int, *, dark: bool = False
+) -> Path:
     """A PNG of the page laid out `width` CSS pixels wide, `height` tall (scale 1).
 
-    `height` 0 means the whole page, however long.
+    `height` 0 means the whole page, however long; `dark` asks for the dark colour scheme.
     """
     out_png = Path(out_png).resolve()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     with _browser(width, height or 900) as driver:
+        if dark:
+            driver.execute_cdp_cmd(
+                "Emulation.setEmulatedMedia",
+                {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+            )
         driver.get(_url(url_or_file))
         if not height:
             height = _layout(driver).height
