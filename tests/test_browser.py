@@ -5,6 +5,8 @@ and desktop (800 px) widths. No horizontal scrolling, readable type, tappable li
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -127,8 +129,6 @@ def test_the_email_has_an_accessible_structure_and_dark_mode_colours(preview: Pa
 
 
 def test_the_archive_html_page_fits_a_phone(preview: Path) -> None:
-    import subprocess
-    import sys
 
     from helpers import Digest as _Digest  # noqa: F401  (same installation as the preview)
 
