@@ -31,7 +31,7 @@ FORMATS = ("md", "html")
 DEFAULT_MAX = 100
 COLLAPSE_COMMENT_AT = 20  # longer comments are folded behind their first words, as in the seeds
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|])")
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]|~#])")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Archive:
 
 def md_text(text: str) -> str:
     """Text from arXiv (or a keyword) as inert Markdown inside a table cell or heading: on one
-    line, HTML escaped, and `|`, `\\`, `` ` ``, `*`, `_`, `[`, `]` backslash-escaped."""
+    line, HTML escaped, and `|`, `\\`, `` ` ``, `*`, `_`, `[`, `]`, `~`, `#` backslash-escaped."""
     one_line = " ".join(text.split())
     return _MARKDOWN_SPECIAL.sub(r"\\\1", html.escape(one_line, quote=False))
 

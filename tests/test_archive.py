@@ -79,7 +79,9 @@ class _Page(HTMLParser):
 
 def as_github_would(markdown: str) -> _Page:
     page = _Page()
-    page.feed(MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown))
+    page.feed(
+        MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(markdown)
+    )
     return page
 
 
@@ -159,7 +161,9 @@ def test_html_page_is_standalone_with_the_same_tables(digest: Digest) -> None:
     assert shown[:4] == newest_matching(digest.arxiv.papers, REWARD_MODEL, 4)
 
 
-HOSTILE_TITLE = "Reward Models | a *bold* [claim](javascript:alert(1))\nwith <script>x()</script>"
+HOSTILE_TITLE = (
+    "Reward Models | a *bold* [claim](javascript:alert(1))\nwith <script>x()</script> ~~gone~~ #1"
+)
 HOSTILE_ABSTRACT = (
     "We train a reward model.\n| --- | --- |\nAnother | row <img src=x onerror=alert(1)> "
     "and `code` & $a_i < b_j$ and a back\\slash."
@@ -188,7 +192,9 @@ def test_markdown_escaping_keeps_each_paper_one_row_of_four_cells_and_inert(
     text = (hostile.home / "archive.md").read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith("| **[")]
     assert len(rows) == 2  # no newline from arXiv split a row
-    rendered = MarkdownIt("commonmark", {"html": True}).enable("table").render(text)
+    rendered = (
+        MarkdownIt("commonmark", {"html": True}).enable(["table", "strikethrough"]).render(text)
+    )
     page = as_github_would(text)
     [table] = page.tables
     _header, first, second = table
@@ -198,7 +204,7 @@ def test_markdown_escaping_keeps_each_paper_one_row_of_four_cells_and_inert(
     assert first[3].endswith(" ".join(HOSTILE_COMMENT.split()))
     assert second[0] == "A calm reward model paper"
     # Nothing from arXiv became markup: no script, image, bold tag, emphasis or extra link.
-    for tag in ("<script", "<img", "<b>", "<em>", "<code>", 'href="javascript'):
+    for tag in ("<script", "<img", "<b>", "<em>", "<code>", "<s>", 'href="javascript'):
         assert tag not in rendered
     assert [h for h in page.links if "arxiv.org" in h] == [
         "https://arxiv.org/abs/2511.99999",
