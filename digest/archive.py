@@ -25,7 +25,7 @@ from digest.config import Settings
 from digest.errors import DigestError
 from digest.models import Paper
 from digest.pipeline import distinct_keywords, match_keywords
-from digest.render import _env
+from digest.render import template
 
 FORMATS = ("md", "html")
 DEFAULT_MAX = 100
@@ -106,8 +106,8 @@ def markdown(tables: Sequence[KeywordTable], day: str, limit: int) -> str:
 
 
 def html_page(tables: Sequence[KeywordTable], day: str, limit: int) -> str:
-    template = _env(True).get_template("archive.html")
-    return template.render(tables=tables, day=day, limit=limit, collapse=COLLAPSE_COMMENT_AT)
+    page = template("archive.html")
+    return page.render(tables=tables, day=day, limit=limit, collapse=COLLAPSE_COMMENT_AT)
 
 
 def newest(

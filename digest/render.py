@@ -49,6 +49,11 @@ def _env(autoescape: bool) -> jinja2.Environment:
     return env
 
 
+def template(name: str, *, autoescape: bool = True) -> jinja2.Template:
+    """A template from emails/ (also the archive page's), HTML-escaping by default."""
+    return _env(autoescape).get_template(name)
+
+
 @dataclass(frozen=True)
 class EntryView:
     """What a template needs to show one paper: strings, already shortened and highlighted."""
