@@ -258,3 +258,40 @@ def test_parse_treats_every_field_as_optional() -> None:
         ("2506.00001", "B title", 0),
         ("hep-th/9901001", "hep-th/9901001", 0),
     ]
+
+
+def test_an_email_resent_from_the_outbox_keeps_its_trending_section_and_badges(
+    digest: Digest, hf: TrendingStandin
+) -> None:
+    votes = serve_board(digest, hf)
+    top3 = sorted(votes, key=lambda i: -votes[i])[:3]
+    digest.smtp.reject_rcpt[ADA] = (421, "4.7.0 Too busy, closing")
+
+    first = digest.run("send")
+
+    assert first.returncode == 1
+    assert "the email stays pending" in first.stderr
+    [message_id] = [
+        row[0]
+        for row in digest.query(
+            "SELECT message_id FROM emails WHERE subscriber = ? AND status = 'pending'", [ADA]
+        )
+    ]
+    assert messages_to(digest.smtp, ADA) == []
+
+    # The next run rebuilds the pending email from the outbox; the trending API is down now.
+    del digest.smtp.reject_rcpt[ADA]
+    hf.entries = []
+    hf.faults.append(Fault.http(404))
+    second = digest.run("send")
+
+    assert second.returncode == 0, second.stderr
+    [to_ada] = messages_to(digest.smtp, ADA)
+    assert to_ada["Message-ID"] == message_id
+    text, html = parts(to_ada)
+    assert trending_ids(html) == top3
+    assert heading_at(html, "Trending today") < heading_at(html, "reward model")
+    assert text.index("== Trending today") < text.index("== reward model")
+    expected = {base_id(p["id"]) for p in matching(digest.arxiv.papers)}
+    assert abs_ids(html) == expected == digest.delivered(ADA)
+    assert html.count("upvotes on Hugging Face daily papers") == 2
