@@ -125,10 +125,19 @@ def _m_daemon_heartbeat(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m_suppressions(db: sqlite_utils.Database) -> None:
+    """Unsubscribes: kept here, not in subscribers.csv, so pasting a row back does not undo one."""
+    db["suppressions"].create(
+        {"subscriber": str, "email": str, "created_at": str, "source": str},
+        pk="subscriber",
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
     _m_daemon_heartbeat,
+    _m_suppressions,
 ]
 
 
@@ -277,7 +286,61 @@ def keyword_hits(
     }
 
 
+def author_index(
+    db: sqlite_utils.Database, since: datetime, key: Callable[[str], str]
+) -> dict[str, list[str]]:
+    """`key(author)` -> ids of the papers first published at or after `since` by that author."""
+    index: dict[str, list[str]] = {}
+    rows = db.execute(
+        "SELECT id, authors FROM papers WHERE published >= ? ORDER BY published DESC, id",
+        [now_iso(since)],
+    ).fetchall()
+    for paper_id, authors in rows:
+        for author in json.loads(authors):
+            index.setdefault(key(author), []).append(paper_id)
+    return index
+
+
+# Suppressions (unsubscribes) ------------------------------------------------------------------
+
+
+def suppress(db: sqlite_utils.Database, subscriber_key: str, email: str, source: str) -> bool:
+    """Record an unsubscribe; False when the address was already unsubscribed."""
+    with immediate(db):
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO suppressions (subscriber, email, created_at, source) "
+            "VALUES (?, ?, ?, ?)",
+            [subscriber_key, email, now_iso(), source],
+        )
+        return cursor.rowcount > 0
+
+
+def unsuppress(db: sqlite_utils.Database, subscriber_key: str) -> bool:
+    """Lift an unsubscribe; False when the address was not unsubscribed."""
+    with immediate(db):
+        cursor = db.execute("DELETE FROM suppressions WHERE subscriber = ?", [subscriber_key])
+        return cursor.rowcount > 0
+
+
+def suppressed_keys(db: sqlite_utils.Database) -> set[str]:
+    return {row[0] for row in db.execute("SELECT subscriber FROM suppressions").fetchall()}
+
+
+def is_suppressed(db: sqlite_utils.Database, subscriber_key: str) -> bool:
+    row = db.execute("SELECT 1 FROM suppressions WHERE subscriber = ?", [subscriber_key]).fetchone()
+    return row is not None
+
+
 # Deliveries, emails, runs ---------------------------------------------------------------------
+
+
+def last_sent(db: sqlite_utils.Database, subscriber_key: str) -> datetime | None:
+    """When the mail server last accepted an email for this subscriber."""
+    row = db.execute(
+        "SELECT max(sent_at) FROM emails WHERE subscriber = ? AND status = 'sent'",
+        [subscriber_key],
+    ).fetchone()
+    return datetime.fromisoformat(row[0]) if row and row[0] else None
 
 
 def delivered_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
