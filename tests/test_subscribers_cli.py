@@ -225,9 +225,7 @@ def test_list_shows_every_subscriber_with_status(digest: Digest) -> None:
     ]
     assert "Lovelace, Ada" in lines[1] and "reward model; reasoning" in lines[1]
     assert lines[1].endswith("active, daily")
-    assert lines[3].endswith(
-        "active, weekly:fri, exclude: survey, authors: Zoë Lefèvre"
-    ), lines[3]
+    assert lines[3].endswith("active, weekly:fri, exclude: survey, authors: Zoë Lefèvre"), lines[3]
 
     # Only an unsubscribed address can be resubscribed.
     again = digest.run("subscribers", "resubscribe", "ada@example.org")
