@@ -203,7 +203,7 @@ def subscribers_list(db: Path | None, subscribers: Path | None) -> None:
     table += [(r.email, r.name, r.keywords, r.status) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + row[3])
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[3]]))
     _problems(problems)
 
 
