@@ -140,3 +140,21 @@ def test_weekly_subscribers_get_everything_owed_on_their_day_only(digest: Digest
     assert digest.delivered("later@example.org") == set()
     text, _ = parts(messages_to(digest.smtp, "week@example.org")[0])
     assert "subscribed to a weekly arXiv digest" in text
+
+
+def test_the_weekly_window_reaches_back_to_the_last_email() -> None:
+    from digest.match import owed_since
+    from digest.models import Subscriber
+
+    now = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)  # a Monday
+    daily = Subscriber("a@example.org", ("x",))
+    weekly = Subscriber("b@example.org", ("x",), weekday=0)
+    day = timedelta(days=1)
+
+    assert owed_since(daily, now, 7, now - 3 * day) == now - 7 * day
+    assert owed_since(weekly, now, 7, None) == now - 14 * day  # first email: a week + look-back
+    assert owed_since(weekly, now, 7, now - 7 * day) == now - 14 * day
+    # The service did not run last Monday: two weeks are owed, with the same slack.
+    assert owed_since(weekly, now, 7, now - 14 * day) == now - 21 * day
+    # After months without an email, at most 35 days past the look-back.
+    assert owed_since(weekly, now, 7, now - 200 * day) == now - 42 * day
