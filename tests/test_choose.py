@@ -158,3 +158,18 @@ def test_the_weekly_window_reaches_back_to_the_last_email() -> None:
     assert owed_since(weekly, now, 7, now - 14 * day) == now - 21 * day
     # After months without an email, at most 35 days past the look-back.
     assert owed_since(weekly, now, 7, now - 200 * day) == now - 42 * day
+
+
+def test_authors_and_categories_never_become_query_syntax() -> None:
+    from digest.fetch import build_queries
+    from digest.subscribers import check_row
+
+    queries = build_queries(["reward model"], authors=['Li Wei") OR cat:"cs.*', "Zoë Lefèvre"])
+    assert queries == [
+        'ti:"reward model" OR abs:"reward model" OR au:"li wei or cat cs" OR au:"zoe lefevre"'
+    ]
+    for bad in ('cs.CL" OR ti:"x', "cs.CL)", "cs:CL", "CS.CL", "cs.C*", "*"):
+        problem = check_row({"email": "a@example.org", "keywords": "x", "categories": bad})
+        assert problem and "is not an arXiv category" in problem, bad
+    for good in ("cs.CL", "cs.*", "hep-th", "math.AG", "stat"):
+        assert check_row({"email": "a@example.org", "keywords": "x", "categories": good}) is None
