@@ -669,7 +669,8 @@ def failed_emails(db: sqlite_utils.Database, run_ids: Iterable[int]) -> list[dic
 
 
 def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
-    """Each subscriber whose latest email is pending or was refused: its papers are still owed.
+    """Each subscriber whose latest email is pending or was refused: its papers are still owed
+    (not to an address that unsubscribed).
     `papers` counts the ones of that email not delivered to them since."""
     return list(
         db.query(
@@ -680,6 +681,7 @@ def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
             "FROM emails e WHERE e.status IN ('pending', 'failed', 'deferred') "
             "AND NOT EXISTS (SELECT 1 FROM emails later WHERE later.subscriber = e.subscriber "
             " AND later.rowid > e.rowid) "
+            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.subscriber = e.subscriber) "
             "ORDER BY e.status DESC, e.created_at"
         )
     )
