@@ -13,13 +13,14 @@ from typing import Any, TypeVar
 
 import click
 
-from digest import __version__, scheduler
+from digest import __version__, roster, scheduler, store
 from digest import progress as progress_display
 from digest import status as status_report
 from digest.archive import DEFAULT_MAX, FORMATS, run_archive
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import RunReport, enable_address, run_send
+from digest.subscribers import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -150,7 +151,11 @@ def _print_report(report: RunReport, out: Path) -> None:
 
 @main.group()
 def subscribers() -> None:
-    """Manage the subscribers."""
+    """List, add, remove and edit subscribers in subscribers.csv; check the file; enable.
+
+    Edits rewrite only the row they change (other rows, columns, order, quoting and a BOM stay
+    as they were), atomically, and refuse to write over a file changed since it was read.
+    """
 
 
 @subscribers.command()
@@ -216,3 +221,148 @@ def archive(
         click.echo(f"Error: {problem}", err=True)
     if page.problems:
         sys.exit(1)
+
+
+# digest subscribers ---------------------------------------------------------------------------
+
+
+def _file(path: Path | None) -> Path:
+    return Settings.from_env(subscribers_path=path).subscribers_path
+
+
+filter_options = [
+    click.option("--categories", help="Only papers in these arXiv categories, e.g. 'cs.CL; cs.*'."),
+    click.option("--exclude", help="Phrases that drop a keyword match, e.g. 'survey'."),
+    click.option("--authors", help="Papers by these authors, whatever the keywords: 'Li Wei'."),
+    click.option("--frequency", help="'daily' (default) or 'weekly:DAY', e.g. 'weekly:mon'."),
+]
+
+
+def with_filters(func: F) -> F:
+    for option in reversed(filter_options):
+        func = option(func)
+    return func
+
+
+@subscribers.command("list")
+@db_option
+@subscribers_option
+@user_errors
+def subscribers_list(db: Path | None, subscribers: Path | None) -> None:
+    """A table of every valid subscriber: email, name, keywords, status."""
+    settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+    rows, problems = roster.listing(settings.subscribers_path, store.open_db(settings.db_path))
+    table = [("EMAIL", "NAME", "KEYWORDS", "STATUS")]
+    table += [(r.email, r.name, r.keywords, r.status) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        click.echo("  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[3]]))
+    _problems(problems)
+
+
+@subscribers.command("add")
+@click.argument("email")
+@click.option("--keyword", "-k", "keywords", multiple=True, required=True, help="Repeatable.")
+@click.option("--name", default="", help="How to greet them.")
+@with_filters
+@subscribers_option
+@user_errors
+def subscribers_add(
+    email: str, keywords: tuple[str, ...], name: str, subscribers: Path | None, **filters: str
+) -> None:
+    """Add a subscriber (at the end of the file)."""
+    address = roster.add(_file(subscribers), email, keywords, name=name, options=filters)
+    click.echo(f"Added {address}.")
+
+
+@subscribers.command("set")
+@click.argument("email")
+@click.option("--name", help="How to greet them.")
+@with_filters
+@subscribers_option
+@user_errors
+def subscribers_set(email: str, subscribers: Path | None, **options: str | None) -> None:
+    """Change a subscriber's name, categories, exclude phrases, authors or frequency.
+
+    An empty value ('') clears it.
+    """
+    values = roster.update(_file(subscribers), email, options)
+    click.echo(", ".join(f"{k}={v}" for k, v in values.items() if v))
+
+
+@subscribers.command("remove")
+@click.argument("email")
+@subscribers_option
+@user_errors
+def subscribers_remove(email: str, subscribers: Path | None) -> None:
+    """Remove a subscriber's row from the file."""
+    click.echo(f"Removed {roster.remove(_file(subscribers), email)}.")
+
+
+@subscribers.group("keywords")
+def subscribers_keywords() -> None:
+    """Add, remove or replace a subscriber's keywords."""
+
+
+def _keywords_command(action: str, help_text: str) -> None:
+    @subscribers_keywords.command(action, help=help_text)
+    @click.argument("email")
+    @click.argument("keywords", nargs=-1, required=True)
+    @subscribers_option
+    @user_errors
+    def command(email: str, keywords: tuple[str, ...], subscribers: Path | None) -> None:
+        new = roster.change_keywords(_file(subscribers), email, action, keywords)
+        click.echo(f"{email.strip()}: {'; '.join(new)}")
+
+
+_keywords_command("add", "Add keywords (after the existing ones).")
+_keywords_command("remove", "Remove keywords (at least one must remain).")
+_keywords_command("set", "Replace all keywords, in the order given.")
+
+
+@subscribers.command("check")
+@subscribers_option
+@user_errors
+def subscribers_check(subscribers: Path | None) -> None:
+    """Validate the file: one line per problem, exit status 1 if there is any."""
+    path = _file(subscribers)
+    problems = roster.check(path)
+    _problems(problems)
+    if not problems:
+        click.echo(f"{path}: no problems.")
+
+
+@subscribers.command("resubscribe")
+@click.argument("email")
+@db_option
+@subscribers_option
+@user_errors
+def subscribers_resubscribe(email: str, db: Path | None, subscribers: Path | None) -> None:
+    """Lift an unsubscribe, on purpose (pasting the row back into the file does not)."""
+    settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+    message = roster.resubscribe(settings.subscribers_path, store.open_db(settings.db_path), email)
+    click.echo(message)
+
+
+def _problems(problems: list[Problem]) -> None:
+    for problem in problems:
+        click.echo(f"Error: {problem}", err=True)
+    if problems:
+        sys.exit(1)
+
+
+# digest serve ---------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int, help="0: any free port.")
+@db_option
+@subscribers_option
+@user_errors
+def serve(host: str, port: int, db: Path | None, subscribers: Path | None) -> None:
+    """The web app behind the unsubscribe links in emails (DIGEST_PUBLIC_URL points at it)."""
+    from digest import web
+
+    settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+    web.serve(settings, host, port, ready=lambda url: click.echo(f"Serving on {url}", err=False))

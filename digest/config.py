@@ -18,6 +18,7 @@ from digest.errors import ConfigError
 
 PREFIX = "DIGEST_"
 SECURITY_CHOICES = ("starttls", "ssl", "none")
+MIN_SECRET_CHARS = 16
 T = TypeVar("T")
 
 
@@ -52,6 +53,7 @@ class Settings:
     smtp_retries: int = 3
     retry_backoff: float = 5.0
     suspend_after: int = 3
+    secret: str | None = field(default=None, repr=False)  # signs unsubscribe links
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -90,6 +92,7 @@ class Settings:
             smtp_retries=reader.get("SMTP_RETRIES", _non_negative(int), cls.smtp_retries),
             retry_backoff=reader.get("RETRY_BACKOFF", _non_negative(float), cls.retry_backoff),
             suspend_after=reader.get("SUSPEND_AFTER", _positive(int), cls.suspend_after),
+            secret=reader.get("SECRET", _secret, None, secret=True),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -105,6 +108,22 @@ class Settings:
                 f"e.g. export {PREFIX}FROM='arXiv digest <digest@example.org>'"
             )
         return self.from_addr
+
+    def require_secret(self) -> str:
+        """The key that signs unsubscribe links, or a message that says how to set it."""
+        if not self.secret:
+            raise ConfigError(
+                f"{PREFIX}SECRET is not set: `digest serve` needs it to check the signed "
+                f"unsubscribe links (and `digest send` to sign them). Set it to a long random "
+                f"string, e.g. export {PREFIX}SECRET=$(python3 -c "
+                f"'import secrets; print(secrets.token_urlsafe(32))'), the same for both"
+            )
+        return self.secret
+
+    @property
+    def one_click(self) -> bool:
+        """Whether emails carry signed one-click unsubscribe links (else mailto: only)."""
+        return bool(self.public_url and self.secret)
 
 
 class _Reader:
@@ -177,6 +196,15 @@ def _url(raw: str) -> str:
     if not re.match(r"^https?://[^\s/]+", raw):
         raise ValueError("use an http:// or https:// URL")
     return raw.rstrip("/") if raw.endswith("/") and raw.count("/") > 3 else raw
+
+
+def _secret(raw: str) -> str:
+    if len(raw) < MIN_SECRET_CHARS:
+        raise ValueError(
+            f"use at least {MIN_SECRET_CHARS} random characters, e.g. the output of "
+            f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return raw
 
 
 def _clock(raw: str) -> str:

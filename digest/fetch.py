@@ -23,7 +23,7 @@ from lxml import etree
 
 from digest import __version__
 from digest.errors import FetchError
-from digest.match import keyword_terms
+from digest.match import author_key, keyword_terms
 from digest.models import Paper, split_version
 
 log = logging.getLogger(__name__)
@@ -44,11 +44,15 @@ class FetchResult:
     queries: int
 
 
-def build_queries(keywords: Iterable[str], max_chars: int = MAX_QUERY_CHARS) -> list[str]:
-    """arXiv search queries covering every keyword, as few as fit in `max_chars` each.
+def build_queries(
+    keywords: Iterable[str], max_chars: int = MAX_QUERY_CHARS, authors: Iterable[str] = ()
+) -> list[str]:
+    """arXiv search queries covering every keyword and author, as few as fit in `max_chars` each.
 
-    Each keyword is searched as a quoted phrase of its plain words in title and abstract, so a
-    keyword can never become query syntax (no quotes, fields, operators or parentheses pass).
+    Each keyword is searched as a quoted phrase of its plain words in title and abstract, each
+    author as a quoted name of plain words (no accents) in the author field, so neither can
+    ever become query syntax (no quotes, fields, operators or parentheses pass). Categories and
+    exclude phrases need nothing from arXiv: they only narrow what the keywords found.
     """
     clauses: list[str] = []
     seen: set[str] = set()
@@ -57,6 +61,11 @@ def build_queries(keywords: Iterable[str], max_chars: int = MAX_QUERY_CHARS) -> 
         if phrase and phrase not in seen:
             seen.add(phrase)
             clauses.append(f'ti:"{phrase}" OR abs:"{phrase}"')
+    for author in authors:
+        name = author_key(author)
+        if name and f"au:{name}" not in seen:
+            seen.add(f"au:{name}")
+            clauses.append(f'au:"{name}"')
     queries: list[str] = []
     current: list[str] = []
     for clause in clauses:
@@ -208,8 +217,9 @@ def fetch(
     backoff: float = 0.0,
     page_size: int = PAGE_SIZE,
     sleep: Callable[[float], None] = time.sleep,
+    authors: Iterable[str] = (),
 ) -> FetchResult:
-    """Every paper matching any keyword whose first version is at or after `since`.
+    """Every paper matching any keyword, or by any author, first published at or after `since`.
 
     Newest first, one query per chunk of keywords; paging stops at the first older paper.
     A busy, slow or glitching arXiv is asked again up to `retries` times, waiting `backoff`
@@ -220,7 +230,7 @@ def fetch(
     client = arxiv.Client(page_size=page_size, delay_seconds=delay, num_retries=0)
     client.query_url_format = url + "?{}"
     client._session = session  # the documented knobs have no timeout or User-Agent
-    queries = build_queries(keywords)
+    queries = build_queries(keywords, authors=authors)
     papers: dict[str, Paper] = {}
     for query in queries:
         search = arxiv.Search(

@@ -34,9 +34,20 @@ def new_message_id(sender: str) -> str:
 
 
 def build_message(
-    rendered: RenderedEmail, *, sender: str, to: str, message_id: str, when: datetime
+    rendered: RenderedEmail,
+    *,
+    sender: str,
+    to: str,
+    message_id: str,
+    when: datetime,
+    unsubscribe_url: str | None = None,
 ) -> EmailMessage:
-    """A multipart/alternative email (text first, then HTML) with the list headers."""
+    """A multipart/alternative email (text first, then HTML) with the list headers.
+
+    With `unsubscribe_url` (an https link with a signed token), `List-Unsubscribe` offers it
+    first and `List-Unsubscribe-Post` tells mail clients a POST there unsubscribes in one click
+    (RFC 8058); the mailto: form follows as a fallback. Without it, mailto: only.
+    """
     address = parseaddr(sender)[1] or sender
     msg = EmailMessage(policy=SMTP)
     msg["From"] = header_value(sender)
@@ -45,7 +56,12 @@ def build_message(
     msg["Date"] = format_datetime(when)
     msg["Message-ID"] = message_id
     msg["List-Id"] = f"arXiv digest <digest.{sender_domain(sender)}>"
-    msg["List-Unsubscribe"] = f"<mailto:{address}?subject=unsubscribe>"
+    mailto = f"<mailto:{address}?subject=unsubscribe>"
+    if unsubscribe_url:
+        msg["List-Unsubscribe"] = f"<{header_value(unsubscribe_url)}>, {mailto}"
+        msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    else:
+        msg["List-Unsubscribe"] = mailto
     msg["Auto-Submitted"] = "auto-generated"
     msg.set_content(rendered.text, cte="quoted-printable")
     msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")

@@ -9,9 +9,11 @@ literally, so `C++` does not widen to every paper with a lone "C" in it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timedelta, tzinfo
 
-from digest.models import Digest, Entry, Paper, Section, Span, Subscriber
+from digest.models import AUTHORS_SECTION, Digest, Entry, Paper, Section, Span, Subscriber
 
 HIGHLIGHT_START = "\x02"
 HIGHLIGHT_END = "\x03"
@@ -30,6 +32,30 @@ def fts_phrase(keyword: str) -> str | None:
     """The FTS5 query for a keyword: one quoted phrase of its words, or None if it has none."""
     terms = keyword_terms(keyword)
     return '"' + " ".join(terms) + '"' if terms else None
+
+
+def author_terms(name: str) -> list[str]:
+    """A person's name as plain lowercase words without accents: 'Kartašev, M.' -> kartasev, m."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return _TERM.findall(plain.casefold())
+
+
+def author_key(name: str) -> str:
+    """What two spellings of a name must share to be the same author: its plain words."""
+    return " ".join(author_terms(name))
+
+
+def in_categories(paper: Paper, categories: Iterable[str]) -> bool:
+    """Whether any of the paper's categories is one of `categories` (`cs.*`: any of cs)."""
+    wanted = [c.casefold() for c in categories]
+    for category in (c.casefold() for c in paper.categories):
+        for want in wanted:
+            if want.endswith(".*") and category.startswith(want[:-1]):
+                return True
+            if category == want or category.partition(".")[0] == want:
+                return True
+    return False
 
 
 def needs_literal(keyword: str) -> bool:
@@ -83,16 +109,33 @@ def plan_digest(
     papers: Mapping[str, Paper],
     delivered: set[str],
     day: str,
+    *,
+    by_author: Mapping[str, Iterable[str]] | None = None,
+    since: datetime | None = None,
 ) -> Digest:
     """What a subscriber is owed: each matching, undelivered paper once, under its first keyword.
 
-    `hits` maps a keyword (casefolded) to the papers it matched; `delivered` holds the ids this
-    subscriber already received. Within a section the newest papers come first.
+    `hits` maps a keyword or exclude phrase (casefolded) to the papers it matched; `delivered`
+    holds the ids this subscriber already received; `by_author` maps an `author_key` to the
+    papers that author wrote; `since` drops papers first published before it. A keyword match
+    must be in one of the subscriber's categories (if they chose any) and must not match one
+    of their exclude phrases; a paper by a followed author is included whatever the keywords,
+    categories and exclude phrases, and marked with the author. Within a section the newest
+    papers come first; papers found only through an author come last, in their own section.
     """
+    excluded = {pid for phrase in subscriber.exclude for pid in hits.get(phrase.casefold(), {})}
+
+    def owed(paper_id: str) -> bool:
+        if paper_id in delivered or paper_id not in papers:
+            return False
+        return since is None or papers[paper_id].published >= since
+
     entries: dict[str, Entry] = {}
     for keyword in subscriber.keywords:
         for paper_id, (title_spans, abstract_spans) in hits.get(keyword.casefold(), {}).items():
-            if paper_id in delivered or paper_id not in papers:
+            if not owed(paper_id) or paper_id in excluded:
+                continue
+            if subscriber.categories and not in_categories(papers[paper_id], subscriber.categories):
                 continue
             known = entries.get(paper_id)
             if known is None:
@@ -104,10 +147,53 @@ def plan_digest(
                     merge_spans(known.title_spans, title_spans),
                     merge_spans(known.abstract_spans, abstract_spans),
                 )
+    for author in subscriber.authors:
+        for paper_id in (by_author or {}).get(author_key(author), ()):
+            if not owed(paper_id):
+                continue
+            known = entries.get(paper_id) or Entry(papers[paper_id], ())
+            if author not in known.authors:
+                entries[paper_id] = Entry(
+                    known.paper,
+                    known.keywords,
+                    known.title_spans,
+                    known.abstract_spans,
+                    (*known.authors, author),
+                )
     sections = []
-    for keyword in subscriber.keywords:
-        in_section = [e for e in entries.values() if e.section == keyword]
+    for heading in (*subscriber.keywords, AUTHORS_SECTION):
+        in_section = [e for e in entries.values() if e.section == heading]
         if in_section:
             in_section.sort(key=lambda e: (e.paper.published, e.paper.id), reverse=True)
-            sections.append(Section(keyword, tuple(in_section)))
+            sections.append(Section(heading, tuple(in_section)))
     return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
+
+
+WEEK = timedelta(days=7)
+MAX_CATCH_UP = timedelta(days=35)
+"""How far past the look-back a weekly subscriber's window may reach (see `owed_since`)."""
+
+
+def is_due(subscriber: Subscriber, now: datetime, tz: tzinfo) -> bool:
+    """Daily subscribers are due every run; weekly ones on their weekday, in `tz`."""
+    return subscriber.weekday is None or now.astimezone(tz).weekday() == subscriber.weekday
+
+
+def owed_since(
+    subscriber: Subscriber, now: datetime, lookback_days: int, last_sent: datetime | None
+) -> datetime:
+    """The earliest first-publication date of a paper still new for this subscriber.
+
+    Daily: `lookback_days` before now. Weekly: everything owed since the last email, with the
+    same look-back as slack for papers that arXiv announces days after their submission date:
+    `lookback_days` before the last email, at least a week more than daily subscribers get
+    (a first email reaches back lookback + 7 days), and at most `MAX_CATCH_UP` more (after
+    weeks without an email, the oldest papers are no longer news).
+    """
+    lookback = timedelta(days=lookback_days)
+    if subscriber.weekday is None:
+        return now - lookback
+    since = now - lookback - WEEK
+    if last_sent is not None:
+        since = min(since, last_sent - lookback)
+    return max(since, now - lookback - MAX_CATCH_UP)

@@ -47,11 +47,19 @@ class Subscriber:
     name: str = ""
     line: int = 0  # line in subscribers.csv, for messages
     trending: bool = True  # show the "Trending today" section (when trending is on)
+    categories: tuple[str, ...] = ()  # arXiv categories (`cs.CL`, `cs.*`); empty: any
+    exclude: tuple[str, ...] = ()  # phrases that drop a keyword match
+    authors: tuple[str, ...] = ()  # papers by these authors are included whatever the keywords
+    weekday: int | None = None  # None: daily; 0 (Monday) .. 6 (Sunday): weekly on that day
 
     @property
     def key(self) -> str:
         """The identity used for deliveries: addresses compare case-insensitively."""
         return self.email.casefold()
+
+
+AUTHORS_SECTION = "Authors you follow"
+"""The section of papers that matched a followed author but none of the keywords."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +71,11 @@ class Entry:
     title_spans: tuple[Span, ...] = ()
     abstract_spans: tuple[Span, ...] = ()
 
+    authors: tuple[str, ...] = ()  # the followed authors who wrote it, as the subscriber wrote them
+
     @property
     def section(self) -> str:
-        return self.keywords[0]
+        return self.keywords[0] if self.keywords else AUTHORS_SECTION
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,19 @@ from digest import trending as trending_stage
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.mailer import Messenger, SendResult, build_message, new_message_id
-from digest.match import Hit, literal_pattern, literal_spans, needs_literal, plan_digest
+from digest.match import (
+    Hit,
+    author_key,
+    is_due,
+    literal_pattern,
+    literal_spans,
+    needs_literal,
+    owed_since,
+    plan_digest,
+)
 from digest.models import Digest, Paper, RenderedEmail, Subscriber
+from digest.subscribers import DAY_NAMES
+from digest.tokens import unsubscribe_url
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,9 @@ FAILED = ("failed", "deferred", "pending")  # outcomes that leave an email owed
 @dataclass(frozen=True)
 class Outcome:
     email: str
-    status: str  # sent | failed | deferred | pending | previewed | nothing-new | suspended
+    # sent | failed | deferred | pending | previewed | nothing-new | suspended | not-due |
+    # unsubscribed
+    status: str
     papers: int = 0
     size: int = 0  # bytes of the whole message
     detail: str = ""
@@ -95,6 +108,12 @@ def run_send(
     people, problems = subscribers.load(settings.subscribers_path)
     report.problems.extend(str(p) for p in problems)
     sender = PREVIEW_SENDER if dry_run and not settings.from_addr else settings.require_from()
+    if settings.public_url and not settings.secret:
+        report.warnings.append(
+            "DIGEST_PUBLIC_URL is set but DIGEST_SECRET is not, so emails carry only a mailto: "
+            "unsubscribe link; set DIGEST_SECRET (the same value for `digest serve`) to add "
+            "one-click unsubscribe links"
+        )
 
     db = store.open_db(settings.db_path)
     with run_lock(settings.db_path, shared=dry_run):
@@ -176,28 +195,51 @@ def _run(
 
     report.subscribers = len(people)
 
+    pending = [] if report.dry_run else store.pending_emails(db)
+    if on_start:
+        on_start(len(pending) + len(people))
+    suppressed = store.suppressed_keys(db)
+    due: list[Subscriber] = []
+    for person in people:
+        if person.key in suppressed:
+            emit(Outcome(person.email, "unsubscribed"))
+        elif not is_due(person, now, settings.tz):
+            weekday = DAY_NAMES[person.weekday or 0].capitalize()
+            emit(Outcome(person.email, "not-due", detail=f"weekly on {weekday}"))
+        else:
+            due.append(person)
     day = now.astimezone(settings.tz).date().isoformat()
     suspended = store.suspensions(db)
     outbox = _Outbox(
         db, settings, sender, report.run_id or 0, dry_run=report.dry_run, out=out_dir, emit=emit
     )
-    pending = [] if report.dry_run else store.pending_emails(db)
-    if on_start:
-        on_start(len(pending) + len(people))
     try:
         if not report.dry_run:
-            if people or pending:  # an unreachable server or a refused login stops us here
+            if due or pending:  # an unreachable server or a refused login stops us here
                 outbox.connect()
             by_key = {person.key: person for person in people}
             for email in pending:  # first, what an earlier run committed but did not finish
-                if stop_here(len(people)):
+                if stop_here(len(due)):
                     return
+                if email.subscriber in suppressed:
+                    store.mark_cancelled(db, email.message_id, "the subscriber unsubscribed")
+                    continue
                 outbox.resume(email, by_key.get(email.subscriber), suspended, day, now)
             outbox.finish_retries()
-        if not people:
+        if not due:
             return
-        since = fetch_stage.lookback_start(now, settings.lookback_days)
-        keywords = distinct_keywords(people)
+        windows = {
+            p.key: owed_since(
+                p,
+                now,
+                settings.lookback_days,
+                None if p.weekday is None else store.last_sent(db, p.key),
+            )
+            for p in due
+        }
+        since = min(windows.values())
+        keywords = distinct_keywords(due)
+        authors = list({author_key(a): a for p in due for a in p.authors}.values())
         fetched = fetch_stage.fetch(
             keywords,
             url=settings.arxiv_url,
@@ -207,6 +249,7 @@ def _run(
             retries=settings.arxiv_retries,
             backoff=settings.retry_backoff,
             page_size=settings.arxiv_page_size,
+            authors=authors,
         )
         report.papers_fetched, report.arxiv_requests = len(fetched.papers), fetched.requests
         store.save_papers(db, fetched.papers)
@@ -215,9 +258,15 @@ def _run(
         if not report.dry_run:
             outbox.connect(refresh=True)  # the connection may have idled out during the fetch
 
-        hits, papers = match_keywords(db, keywords, since)
-        for index, person in enumerate(people):
-            if stop_here(len(people) - index):
+        excludes = [phrase for p in due for phrase in p.exclude]
+        hits, papers = match_keywords(db, distinct_keywords(due, excludes), since)
+        followed = {author_key(a) for a in authors}
+        by_author = {
+            k: ids for k, ids in store.author_index(db, since, author_key).items() if k in followed
+        }
+        papers.update(store.papers_by_id(db, (i for ids in by_author.values() for i in ids)))
+        for index, person in enumerate(due):
+            if stop_here(len(due) - index):
                 break
             if person.key in suspended and not report.dry_run:
                 s = suspended[person.key]
@@ -230,10 +279,20 @@ def _run(
                     )
                 )
                 continue
-            person_hits, person_papers = _with_refused(db, person, hits, papers)
+            window = windows[person.key]
+            person_hits, person_papers = _with_refused(db, person, hits, papers, window)
+            own_authors = {
+                author_key(a): [
+                    i for i in by_author.get(author_key(a), ()) if _new(papers, i, window)
+                ]
+                for a in person.authors
+            }
             candidates = {pid for found in person_hits.values() for pid in found}
+            candidates.update(i for ids in own_authors.values() for i in ids)
             taken = store.taken_ids(db, person.key, candidates)
-            digest = plan_digest(person, person_hits, person_papers, taken, day)
+            digest = plan_digest(
+                person, person_hits, person_papers, taken, day, by_author=own_authors
+            )
             digest = trending_stage.decorate(digest, board, settings.trending_top)
             outbox.deliver(digest, now)
         if not report.stopped:  # stopping: the refused-for-now emails stay pending, owed
@@ -262,12 +321,14 @@ def _check_fetch(
     return [warning]
 
 
-def distinct_keywords(people: Iterable[Subscriber]) -> list[str]:
-    """Every keyword any subscriber follows, once (case-insensitively), in first-seen order."""
+def distinct_keywords(people: Iterable[Subscriber], extra: Iterable[str] = ()) -> list[str]:
+    """Every keyword any subscriber follows (then `extra`), once case-insensitively, in order."""
     seen: dict[str, str] = {}
     for person in people:
         for keyword in person.keywords:
             seen.setdefault(keyword.casefold(), keyword)
+    for keyword in extra:
+        seen.setdefault(keyword.casefold(), keyword)
     return list(seen.values())
 
 
@@ -283,22 +344,34 @@ def match_keywords(
     return hits, papers
 
 
+def _new(papers: dict[str, Paper], paper_id: str, since: datetime) -> bool:
+    return paper_id in papers and papers[paper_id].published >= since
+
+
 def _with_refused(
     db: sqlite_utils.Database,
     person: Subscriber,
     hits: dict[str, dict[str, Hit]],
     papers: dict[str, Paper],
+    since: datetime,
 ) -> tuple[dict[str, dict[str, Hit]], dict[str, Paper]]:
-    """The run's hits for this subscriber's keywords, plus the papers of their refused emails
-    (still owed even once older than the look-back window) that still match their keywords."""
-    own = {k.casefold(): hits.get(k.casefold(), {}) for k in person.keywords}
+    """The run's hits for this subscriber's keywords and exclude phrases, first published in
+    their window (`since`), plus the papers of their refused emails (still owed even once older
+    than the window) that still match their keywords."""
+    phrases = [*person.keywords, *person.exclude]
+    own = {
+        k.casefold(): {
+            pid: hit for pid, hit in hits.get(k.casefold(), {}).items() if _new(papers, pid, since)
+        }
+        for k in phrases
+    }
     known = {pid for found in own.values() for pid in found}
     extra = store.refused_ids(db, person.key) - known
     if not extra:
         return own, papers
-    extra_hits = {k.casefold(): store.keyword_hits(db, k, None, extra) for k in person.keywords}
+    extra_hits = {k.casefold(): store.keyword_hits(db, k, None, extra) for k in phrases}
     extra_papers = store.papers_by_id(db, extra)
-    _literal_filter(person.keywords, extra_hits, extra_papers)
+    _literal_filter(phrases, extra_hits, extra_papers)
     merged = {k: {**extra_hits.get(k, {}), **found} for k, found in own.items()}
     return merged, {**papers, **extra_papers}
 
@@ -368,7 +441,12 @@ class _Outbox:
             return
         message_id = new_message_id(self.sender)
         msg = build_message(
-            rendered, sender=self.sender, to=person.email, message_id=message_id, when=now
+            rendered,
+            sender=self.sender,
+            to=person.email,
+            message_id=message_id,
+            when=now,
+            unsubscribe_url=self._unsubscribe_link(person),
         )
         size = len(msg.as_bytes())
         if self.dry_run:
@@ -398,13 +476,18 @@ class _Outbox:
             return
         if person.key in suspended:
             return  # stays pending until the address is enabled again
+        phrases = [*person.keywords, *person.exclude]
         hits = {
-            keyword.casefold(): store.keyword_hits(self.db, keyword, None, pending.paper_ids)
-            for keyword in person.keywords
+            phrase.casefold(): store.keyword_hits(self.db, phrase, None, pending.paper_ids)
+            for phrase in phrases
         }
         papers = store.papers_by_id(self.db, pending.paper_ids)
-        _literal_filter(person.keywords, hits, papers)
-        digest = plan_digest(person, hits, papers, set(), pending.day or today)
+        _literal_filter(phrases, hits, papers)
+        by_author: dict[str, list[str]] = {}
+        for paper_id, paper in papers.items():
+            for author in paper.authors:
+                by_author.setdefault(author_key(author), []).append(paper_id)
+        digest = plan_digest(person, hits, papers, set(), pending.day or today, by_author=by_author)
         if self.settings.trending is not None:  # with the trending list stored for its day
             board = trending_stage.load(self.db, digest.day)
             digest = trending_stage.decorate(digest, board, self.settings.trending_top)
@@ -418,7 +501,12 @@ class _Outbox:
         if set(rendered.paper_ids) != set(pending.paper_ids):
             store.set_email_papers(self.db, pending.message_id, rendered.paper_ids)
         msg = build_message(
-            rendered, sender=self.sender, to=person.email, message_id=pending.message_id, when=now
+            rendered,
+            sender=self.sender,
+            to=person.email,
+            message_id=pending.message_id,
+            when=now,
+            unsubscribe_url=self._unsubscribe_link(person),
         )
         item = _Item(
             person, pending.message_id, msg, len(rendered.paper_ids), len(msg.as_bytes()), True
@@ -426,11 +514,19 @@ class _Outbox:
         self.connect()
         self._attempt(item)
 
+    def _unsubscribe_link(self, person: Subscriber) -> str | None:
+        if self.settings.public_url and self.settings.secret:
+            return unsubscribe_url(self.settings.public_url, self.settings.secret, person.key)
+        return None
+
     def _render(self, digest: Digest) -> RenderedEmail | None:
         person = digest.subscriber
         try:
             rendered = render_stage.render(
-                digest, sender=self.sender, budget=self.settings.html_budget
+                digest,
+                sender=self.sender,
+                budget=self.settings.html_budget,
+                unsubscribe_url=self._unsubscribe_link(person),
             )
         except Exception as exc:  # a template or data bug must skip one subscriber, not the run
             log.exception("rendering the digest for %s failed", person.email)

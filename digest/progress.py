@@ -14,6 +14,10 @@ def describe(outcome: Outcome) -> str:
     """One line for one subscriber's outcome."""
     if outcome.status == "nothing-new":
         return f"{outcome.email}: nothing new"
+    if outcome.status == "not-due":
+        return f"{outcome.email}: not due today ({outcome.detail})"
+    if outcome.status == "unsubscribed":
+        return f"{outcome.email}: unsubscribed, skipped"
     if outcome.status == "suspended":
         return f"{outcome.email}: {outcome.detail}"
     if outcome.status in FAILED:

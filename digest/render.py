@@ -115,7 +115,7 @@ def entry_view(entry: Entry, upvotes: int = 0) -> EntryView:
         abstract_text=abstract,
         abstract_cut=len(abstract) < len(paper.abstract),
         comment=paper.comment,
-        keywords=entry.keywords,
+        keywords=(*entry.keywords, *(f"by {author}" for author in entry.authors)),
         abs_url=paper.abs_url,
         pdf_url=paper.pdf_url,
         upvotes=upvotes,
@@ -131,7 +131,9 @@ def subject_line(digest: Digest) -> str:
     return " ".join(subject.split())  # never a line break in a header
 
 
-def _context(digest: Digest, full: int, shown: int, sender: str) -> dict[str, object]:
+def _context(
+    digest: Digest, full: int, shown: int, sender: str, unsubscribe_url: str | None = None
+) -> dict[str, object]:
     entries = digest.entries[:shown]
     views = {e.paper.id: entry_view(e, digest.upvotes.get(e.paper.id, 0)) for e in entries}
     full_ids = {entry.paper.id for entry in entries[:full]}
@@ -151,6 +153,8 @@ def _context(digest: Digest, full: int, shown: int, sender: str) -> dict[str, ob
         "compact": compact,
         "deferred": len(digest.entries) - shown,
         "subscriber": digest.subscriber,
+        "frequency": "daily" if digest.subscriber.weekday is None else "weekly",
+        "unsubscribe_url": unsubscribe_url,
         "sender_address": parseaddr(sender)[1] or sender,
         "preview": "; ".join(v.title_text for v in list(views.values())[:3]),
         "trending": digest.trending,
@@ -175,7 +179,9 @@ def render_text(context: dict[str, object]) -> str:
     return _env(False).get_template("digest.txt").render(context)
 
 
-def render(digest: Digest, *, sender: str, budget: int) -> RenderedEmail:
+def render(
+    digest: Digest, *, sender: str, budget: int, unsubscribe_url: str | None = None
+) -> RenderedEmail:
     """The email for `digest`, its HTML kept under `budget` bytes.
 
     Past the budget the last papers are listed compactly (title and link); if even that does
@@ -185,7 +191,7 @@ def render(digest: Digest, *, sender: str, budget: int) -> RenderedEmail:
     total = len(digest.entries)
 
     def attempt(full: int, shown: int) -> tuple[str, dict[str, object]]:
-        context = _context(digest, full, shown, sender)
+        context = _context(digest, full, shown, sender, unsubscribe_url)
         return render_html(context), context
 
     html, context = attempt(total, total)

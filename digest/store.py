@@ -140,11 +140,20 @@ def _m_trending_upvotes(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("trending", str)  # "N papers" | "failed: why" | NULL (off)
 
 
+def _m_suppressions(db: sqlite_utils.Database) -> None:
+    """Unsubscribes: kept here, not in subscribers.csv, so pasting a row back does not undo one."""
+    db["suppressions"].create(
+        {"subscriber": str, "email": str, "created_at": str, "source": str},
+        pk="subscriber",
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
     _m_daemon_heartbeat,
     _m_trending_upvotes,
+    _m_suppressions,
 ]
 
 
@@ -293,7 +302,61 @@ def keyword_hits(
     }
 
 
+def author_index(
+    db: sqlite_utils.Database, since: datetime, key: Callable[[str], str]
+) -> dict[str, list[str]]:
+    """`key(author)` -> ids of the papers first published at or after `since` by that author."""
+    index: dict[str, list[str]] = {}
+    rows = db.execute(
+        "SELECT id, authors FROM papers WHERE published >= ? ORDER BY published DESC, id",
+        [now_iso(since)],
+    ).fetchall()
+    for paper_id, authors in rows:
+        for author in json.loads(authors):
+            index.setdefault(key(author), []).append(paper_id)
+    return index
+
+
+# Suppressions (unsubscribes) ------------------------------------------------------------------
+
+
+def suppress(db: sqlite_utils.Database, subscriber_key: str, email: str, source: str) -> bool:
+    """Record an unsubscribe; False when the address was already unsubscribed."""
+    with immediate(db):
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO suppressions (subscriber, email, created_at, source) "
+            "VALUES (?, ?, ?, ?)",
+            [subscriber_key, email, now_iso(), source],
+        )
+        return cursor.rowcount > 0
+
+
+def unsuppress(db: sqlite_utils.Database, subscriber_key: str) -> bool:
+    """Lift an unsubscribe; False when the address was not unsubscribed."""
+    with immediate(db):
+        cursor = db.execute("DELETE FROM suppressions WHERE subscriber = ?", [subscriber_key])
+        return cursor.rowcount > 0
+
+
+def suppressed_keys(db: sqlite_utils.Database) -> set[str]:
+    return {row[0] for row in db.execute("SELECT subscriber FROM suppressions").fetchall()}
+
+
+def is_suppressed(db: sqlite_utils.Database, subscriber_key: str) -> bool:
+    row = db.execute("SELECT 1 FROM suppressions WHERE subscriber = ?", [subscriber_key]).fetchone()
+    return row is not None
+
+
 # Deliveries, emails, runs ---------------------------------------------------------------------
+
+
+def last_sent(db: sqlite_utils.Database, subscriber_key: str) -> datetime | None:
+    """When the mail server last accepted an email for this subscriber."""
+    row = db.execute(
+        "SELECT max(sent_at) FROM emails WHERE subscriber = ? AND status = 'sent'",
+        [subscriber_key],
+    ).fetchone()
+    return datetime.fromisoformat(row[0]) if row and row[0] else None
 
 
 def delivered_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
@@ -622,7 +685,8 @@ def failed_emails(db: sqlite_utils.Database, run_ids: Iterable[int]) -> list[dic
 
 
 def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
-    """Each subscriber whose latest email is pending or was refused: its papers are still owed.
+    """Each subscriber whose latest email is pending or was refused: its papers are still owed
+    (not to an address that unsubscribed).
     `papers` counts the ones of that email not delivered to them since."""
     return list(
         db.query(
@@ -633,6 +697,7 @@ def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
             "FROM emails e WHERE e.status IN ('pending', 'failed', 'deferred') "
             "AND NOT EXISTS (SELECT 1 FROM emails later WHERE later.subscriber = e.subscriber "
             " AND later.rowid > e.rowid) "
+            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.subscriber = e.subscriber) "
             "ORDER BY e.status DESC, e.created_at"
         )
     )

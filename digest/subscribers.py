@@ -6,20 +6,28 @@ A bad row never stops the others: `load` returns both lists and the caller decid
 from __future__ import annotations
 
 import csv
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from email_validator import EmailNotValidError, validate_email
 
 from digest.errors import DigestError
-from digest.match import keyword_terms
+from digest.match import author_terms, keyword_terms
 from digest.models import Subscriber
 
 REQUIRED_COLUMNS = ("email", "keywords")
+OPTIONAL_COLUMNS = ("name", "categories", "exclude", "authors", "frequency")
 KEYWORD_SEPARATOR = ";"
 # The optional `trending` column: an empty cell keeps the default (the section is shown).
 TRENDING_VALUES = {"yes": True, "on": True, "true": True, "1": True}
 TRENDING_VALUES |= {"no": False, "off": False, "false": False, "0": False}
+# An arXiv category (`cs.CL`, `math.AG`, `hep-th`) or a whole archive (`cs.*`): nothing else, so
+# a category can never become query syntax.
+CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+|\.\*)?$")
+DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKDAYS = tuple(day[:3] for day in DAY_NAMES)
+FREQUENCY_HELP = "use 'daily' or 'weekly:DAY' with DAY one of mon, tue, wed, thu, fri, sat, sun"
 
 
 @dataclass(frozen=True)
@@ -92,6 +100,11 @@ def _parse(path: Path, handle: object) -> tuple[list[Subscriber], list[Problem]]
     return subscribers, problems
 
 
+def check_row(values: dict[str, str], line: int = 0) -> str | None:
+    """What is wrong with one row (its cells by column name), or None when it is valid."""
+    return _subscriber(values, line)[1]
+
+
 def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, str | None]:
     raw_email = (values.get("email") or "").strip()
     if not raw_email:
@@ -110,6 +123,27 @@ def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, s
             f"use words, e.g. 'graph neural network'"
         )
     name = (values.get("name") or "").strip()
+    categories = parse_keywords(values.get("categories") or "")
+    bad = [c for c in categories if not CATEGORY.match(c)]
+    if bad:
+        return None, (
+            f"category {bad[0]!r} of {email} is not an arXiv category; "
+            f"write e.g. 'cs.CL; cs.LG' or 'cs.*'"
+        )
+    exclude = parse_keywords(values.get("exclude") or "")
+    unusable = [k for k in exclude if not keyword_terms(k)]
+    if unusable:
+        return None, (
+            f"exclude phrase {unusable[0]!r} of {email} has no letters or digits; "
+            f"use words, e.g. 'survey'"
+        )
+    authors = parse_keywords(values.get("authors") or "")
+    unusable = [a for a in authors if not author_terms(a)]
+    if unusable:
+        return None, (
+            f"author {unusable[0]!r} of {email} has no letters; write the name as arXiv shows "
+            f"it, e.g. 'Li Wei'"
+        )
     trending_cell = (values.get("trending") or "").strip().lower()
     if trending_cell and trending_cell not in TRENDING_VALUES:
         return None, (
@@ -117,8 +151,43 @@ def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, s
             f"use yes or no (or leave it empty)"
         )
     trending = TRENDING_VALUES.get(trending_cell, True)
-    subscriber = Subscriber(email=email, keywords=keywords, name=name, line=line, trending=trending)
-    return subscriber, None
+    try:
+        weekday = parse_frequency(values.get("frequency") or "")
+    except ValueError as exc:
+        return None, f"frequency of {email}: {exc}"
+    return (
+        Subscriber(
+            email=email,
+            keywords=keywords,
+            name=name,
+            line=line,
+            categories=categories,
+            exclude=exclude,
+            authors=authors,
+            weekday=weekday,
+            trending=trending,
+        ),
+        None,
+    )
+
+
+def parse_frequency(cell: str) -> int | None:
+    """'' or 'daily' -> None; 'weekly:mon' -> 0 .. 'weekly:sun' -> 6. ValueError otherwise."""
+    text = "".join(cell.split()).lower()
+    if text in ("", "daily"):
+        return None
+    kind, _, day = text.partition(":")
+    if kind == "weekly":
+        for index, name in enumerate(DAY_NAMES):
+            if day in (name, name[:3]):
+                return index
+        if not day:
+            raise ValueError(f"'weekly' needs a weekday, e.g. 'weekly:mon'; {FREQUENCY_HELP}")
+    raise ValueError(f"{cell.strip()!r} is not a frequency; {FREQUENCY_HELP}")
+
+
+def format_frequency(weekday: int | None) -> str:
+    return "daily" if weekday is None else f"weekly:{WEEKDAYS[weekday]}"
 
 
 def parse_keywords(cell: str) -> tuple[str, ...]:

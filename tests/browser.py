@@ -1,9 +1,10 @@
 """Headless Chromium (Debian's `chromium` + `chromium-driver`), driven by Selenium, for looking at
 HTML as a reader's browser does.
 
-Plain Python (no pytest), so scripts can import it too::
+Scripts can import it too (the `browser` fixture is the one pytest part)::
 
     screenshot(previews / "ada@example.org.html", Path("shot.png"), width=375, height=900)
+    dom = dump_dom("http://127.0.0.1:8080/unsubscribe/...")  # the document the browser built
     layout = measure(previews / "ada@example.org.html", width=375)
     assert layout.scroll_width <= layout.viewport and not layout.overflowing
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
@@ -178,3 +181,28 @@ def screenshot(
         )
     out_png.write_bytes(base64.b64decode(shot["data"]))
     return out_png
+
+
+def dump_dom(url_or_file: str | Path, width: int = 800, height: int = 900) -> str:
+    """The document as the browser built it (after parsing and scripts), serialised."""
+    with _browser(width, height) as driver:
+        driver.get(_url(url_or_file))
+        return str(driver.execute_script("return document.documentElement.outerHTML"))
+
+
+def png_size(png: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's header."""
+    data = Path(png).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{png} is not a PNG"
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+@pytest.fixture
+def browser() -> str:
+    """The chromium executable (and its driver); fails, never skips, saying how to install them."""
+    try:
+        _which("chromedriver")
+        return _which("chromium", "chromium-browser")
+    except BrowserMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
