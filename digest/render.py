@@ -179,10 +179,33 @@ def render_text(context: dict[str, object]) -> str:
     return _env(False).get_template("digest.txt").render(context)
 
 
+class Renderer:
+    """Renders the emails of one run. Keep one per run: it may cache what every email shares.
+
+    `render(digest, unsubscribe_url)` returns exactly what `render_reference` returns for the
+    same digest; only the time it takes differs."""
+
+    def __init__(self, *, sender: str, budget: int) -> None:
+        self.sender, self.budget = sender, budget
+
+    def render(self, digest: Digest, unsubscribe_url: str | None = None) -> RenderedEmail:
+        return render_reference(
+            digest, sender=self.sender, budget=self.budget, unsubscribe_url=unsubscribe_url
+        )
+
+
 def render(
     digest: Digest, *, sender: str, budget: int, unsubscribe_url: str | None = None
 ) -> RenderedEmail:
-    """The email for `digest`, its HTML kept under `budget` bytes.
+    """The email for `digest` (a one-off; a run renders many through one `Renderer`)."""
+    return Renderer(sender=sender, budget=budget).render(digest, unsubscribe_url)
+
+
+def render_reference(
+    digest: Digest, *, sender: str, budget: int, unsubscribe_url: str | None = None
+) -> RenderedEmail:
+    """The email for `digest`, its HTML kept under `budget` bytes, rendered the straightforward
+    way: the whole template through Jinja, MJML and premailer for this one subscriber.
 
     Past the budget the last papers are listed compactly (title and link); if even that does
     not fit, the email carries the papers that fit and says the rest follow next time. The
