@@ -1,0 +1,198 @@
+"""The fast renderer (each paper block and layout rendered once, each email joined from those
+pieces) gives byte for byte the email of the straightforward path (`render_reference`: the
+whole template through Jinja, MJML and premailer for one subscriber), on real papers and on
+hostile ones; and it really is the pieces that made the email, not a silent fallback."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standins import load_papers
+
+from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
+from digest.models import Digest, Paper, Subscriber, TrendingPaper
+from digest.render import Renderer, render_reference
+
+SENDER = "arXiv digest <digest@example.org>"
+DAY = "2026-11-22"
+KEYWORDS = [
+    "reinforcement learning",
+    "language model",
+    "diffusion",
+    "reward model",
+    "graph neural network",
+    "benchmark",
+    "robot",
+    "transformer",
+    "agents",
+    "reasoning",
+]
+HOSTILE_KEYWORD = "x & <b>\"y\"</b> 'z'"
+
+
+def _papers() -> list[Paper]:
+    start = datetime(2026, 11, 21, tzinfo=UTC)
+    papers = []
+    for index, p in enumerate(load_papers()):
+        when = start - timedelta(minutes=index)
+        papers.append(
+            Paper(
+                id=p["id"].rsplit("v", 1)[0],
+                version=1,
+                title=p["title"],
+                authors=tuple(p["authors"]),
+                abstract=p["abstract"],
+                comment=p["comment"] or "",
+                categories=tuple(p["categories"]),
+                primary_category=p["primary_category"],
+                published=when,
+                updated=when,
+                abs_url=f"https://arxiv.org/abs/{p['id']}",
+                pdf_url=f"https://arxiv.org/pdf/{p['id']}",
+            )
+        )
+    return papers
+
+
+def _hostile(papers: list[Paper]) -> list[Paper]:
+    """The same papers with the kinds of text arXiv can send: markup, entities, quotes,
+    non-ASCII and emoji, huge words, things that look like our own slot markers."""
+    evil = [
+        ('<script>alert(1)</script> & </div><div class="paper"> x', 'a "quoted" & <b>bold</b>'),
+        (
+            "Ünïcödé ✓ 🚀 — “smart” \u2018quotes\u2019 &amp; &lt;",
+            "zero\u200bwidth\u00a0nbsp " + "w" * 300,
+        ),
+        ("@@dgP@@ @@dgsubject@@ </li><li>", "@@dgC@@ </ul> diffusion x" + " y" * 400),
+        ("x" * 400, "line\nbreaks\r\nand\ttabs  double  spaces"),
+    ]
+    out = list(papers)
+    for i, (title, abstract) in enumerate(evil):
+        p = papers[i]
+        out[i] = replace(
+            p,
+            title=f"{title} {p.title}",
+            abstract=f"{abstract} {p.abstract}",
+            comment=f'{abstract[:40]} "c"',
+        )
+    return out
+
+
+def _hits(papers: list[Paper], keywords: list[str]) -> dict[str, dict[str, Hit]]:
+    """Where each keyword occurs literally (an oracle independent of SQLite; enough here)."""
+    hits: dict[str, dict[str, Hit]] = {}
+    for keyword in keywords:
+        pattern = literal_pattern(keyword)
+        found = {}
+        for paper in papers:
+            title, abstract = (
+                literal_spans(pattern, paper.title),
+                literal_spans(pattern, paper.abstract),
+            )
+            if title or abstract:
+                found[paper.id] = (title, abstract)
+        hits[keyword.casefold()] = found
+    return hits
+
+
+def _digests(papers: list[Paper], count: int, *, hostile: bool = False) -> list[Digest]:
+    keywords = [*KEYWORDS, "diffusion x", HOSTILE_KEYWORD] if hostile else KEYWORDS
+    hits = _hits(papers, keywords)
+    by_id = {p.id: p for p in papers}
+    trending = (
+        TrendingPaper(papers[0].id, "<b>Trending</b> & “one”", 12),
+        TrendingPaper("2601.00002", "two", 1),
+    )
+    digests = []
+    for n in range(count):
+        chosen = tuple(keywords[(n * 7 + k * 3) % len(keywords)] for k in range(1 + n % 5))
+        chosen = tuple(dict.fromkeys(chosen))
+        authors = (papers[n % len(papers)].authors[0],) if n % 4 == 0 else ()
+        person = Subscriber(
+            email=f"reader{n}@example.org" if not hostile else f'"o\'n {n}"@example.org',
+            keywords=chosen,
+            authors=authors,
+            weekday=None if n % 3 else n % 7,
+        )
+        by_author = {author_key(a): [p.id for p in papers if a in p.authors] for a in authors}
+        digest = plan_digest(person, hits, by_id, set(), DAY, by_author=by_author)
+        if n % 2:
+            upvotes = {p.id: 3 + i for i, p in enumerate(papers[:20])}
+            digest = replace(digest, trending=trending, upvotes=upvotes)
+        if digest.entries:
+            digests.append(digest)
+    return digests
+
+
+def _check(digests: list[Digest], budget: int, *, unsubscribe: bool = True) -> Renderer:
+    renderer = Renderer(sender=SENDER, budget=budget, verify_every=10**9)
+    for n, digest in enumerate(digests):
+        url = f"https://digest.example.org/u/tok{n}?a=1&b=é é" if unsubscribe and n % 2 else None
+        expected = render_reference(digest, sender=SENDER, budget=budget, unsubscribe_url=url)
+        got = renderer.render(digest, url)
+        assert got.html == expected.html, f"HTML of email {n} differs"
+        assert got.text == expected.text, f"text of email {n} differs"
+        assert got == expected
+    return renderer
+
+
+def test_real_papers_every_email_is_assembled_and_identical() -> None:
+    digests = _digests(_papers(), 24)
+    assert len(digests) >= 20
+    assert max(len(d.entries) for d in digests) >= 20  # some emails near a day's size
+    renderer = _check(digests, 95_000)
+    # Every email came from the pieces (else the comparison above proved nothing).
+    assert renderer.assembled == renderer.count == len(digests)
+    assert renderer.mismatches == 0
+
+
+@pytest.mark.parametrize("budget", [40_000, 12_000, 5_000])
+def test_over_budget_compact_and_deferred_emails_are_identical(budget: int) -> None:
+    digests = _digests(_papers(), 16)
+    renderer = _check(digests, budget)
+    assert renderer.assembled == renderer.count
+    cut = [
+        r
+        for r in map(Renderer(sender=SENDER, budget=budget).render, digests)
+        if r.deferred or r.full_entries < len(r.paper_ids)
+    ]
+    assert cut  # the budget really made some emails compact or deferred papers
+
+
+def test_hostile_text_is_identical_and_marker_lookalikes_take_the_slow_path() -> None:
+    digests = _digests(_hostile(_papers()), 20, hostile=True)
+    renderer = _check(digests, 60_000)
+    assert renderer.mismatches == 0
+    # Only emails whose own text looks like a slot marker (here: a paper title in the
+    # preview line) are rendered in full; the rest are assembled.
+    marked = [d for d in digests if any("@@dg" in e.paper.title for e in d.entries[:3])]
+    assert renderer.assembled == renderer.count - len(marked)
+    assert renderer.assembled >= len(digests) // 2
+
+
+def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
+    digests = _digests(_papers(), 6)
+    renderer = Renderer(sender=SENDER, budget=95_000, verify_every=1)
+    first = renderer.render(digests[0])
+    # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
+    key = next(iter(renderer._pieces))
+    renderer._pieces[key] = replace(renderer._pieces[key], html="<p>wrong</p>")
+    again = renderer.render(digests[0])
+    assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
+    assert renderer.mismatches == 1
+    assert "<p>wrong</p>" not in again.html
+
+
+def test_pieces_are_rendered_once_per_paper_not_per_subscriber() -> None:
+    papers = _papers()
+    digests = _digests(papers, 40)
+    renderer = _check(digests, 95_000)
+    distinct = {
+        (e.paper.id, e.keywords, e.title_spans, e.abstract_spans, e.authors)
+        for d in digests
+        for e in d.entries
+    }
+    assert len(renderer._pieces) <= 2 * len(distinct)
+    assert len(renderer._layouts) < len(digests)
