@@ -214,8 +214,8 @@ def render_text(context: dict[str, object]) -> str:
 def render(
     digest: Digest, *, sender: str, budget: int, unsubscribe_url: str | None = None
 ) -> RenderedEmail:
-    """The email for `digest` (a one-off; a run renders many through one `Renderer`)."""
-    return Renderer(sender=sender, budget=budget).render(digest, unsubscribe_url)
+    """The email for `digest`, as a one-off (a run renders many through one `Renderer`)."""
+    return render_reference(digest, sender=sender, budget=budget, unsubscribe_url=unsubscribe_url)
 
 
 def render_reference(
