@@ -1,8 +1,11 @@
-"""Shared fixtures: the papers.json fixture and per-test arXiv / SMTP stand-ins (standins.py)."""
+"""Shared fixtures: the papers.json fixture, per-test arXiv / SMTP stand-ins (standins.py) and a
+`digest` installation using them (helpers.py)."""
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+from helpers import ADA_ROW, GRACE_ROW, Digest
 from standins import ArxivStandin, Paper, SmtpStandin, load_papers, recent
 
 
@@ -25,3 +28,12 @@ def smtp() -> Iterator[SmtpStandin]:
     """A running SMTP stand-in without AUTH, rejections or faults (set them on it as needed)."""
     with SmtpStandin() as standin:
         yield standin
+
+
+@pytest.fixture
+def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
+    """An installation in ``tmp_path`` with two subscribers: Ada ("reward model") and Grace
+    ("graph neural network; reward model"). Test modules with other needs define their own."""
+    installation = Digest(tmp_path, arxiv, smtp, {})
+    installation.write_subscribers([ADA_ROW, GRACE_ROW])
+    return installation

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -12,9 +13,19 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
 
-from standins import ArxivStandin, SmtpStandin
+from standins import ArxivStandin, Paper, SmtpStandin, base_id
 
 SENDER = "arXiv digest <digest@example.org>"
+ADA, GRACE, ALAN = "ada@example.org", "grace@example.org", "alan@example.org"
+# Oracles for what subscribers' keywords match, independent of SQLite: each phrase with the
+# endings in our data.
+REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
+GNN = re.compile(r"\bgraph[\s-]+neural[\s-]+network(s)?\b", re.IGNORECASE)
+REASONING = re.compile(r"\breason(ing|s|ers?|ed)?\b", re.IGNORECASE)
+# The subscribers of the shared `digest` fixture (conftest.py) and Alan, whom some tests add.
+ADA_ROW = {"email": ADA, "name": "Ada", "keywords": "reward model"}
+GRACE_ROW = {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"}
+ALAN_ROW = {"email": ALAN, "name": "Alan", "keywords": "reasoning"}
 
 
 @dataclass
@@ -96,6 +107,22 @@ def parts(message: EmailMessage) -> tuple[str, str]:
 
 def abs_ids(body: str) -> set[str]:
     """arXiv ids (without version) linked from an email body."""
-    import re
-
     return set(re.findall(r"https://arxiv\.org/abs/([0-9]{4}\.[0-9]{4,5})", body))
+
+
+def matching(papers: Iterable[Paper], *patterns: re.Pattern[str]) -> set[str]:
+    """Ids (without version) of the papers whose title or abstract any of `patterns` finds."""
+    return {
+        base_id(p["id"])
+        for p in papers
+        if any(pattern.search(p["title"] + " " + p["abstract"]) for pattern in patterns)
+    }
+
+
+def owed(papers: list[Paper]) -> dict[str, set[str]]:
+    """Each of Ada's, Grace's and Alan's papers among `papers`, by the oracles above."""
+    return {
+        ADA: matching(papers, REWARD_MODEL),
+        GRACE: matching(papers, GNN, REWARD_MODEL),
+        ALAN: matching(papers, REASONING),
+    }

@@ -34,7 +34,7 @@ from functools import lru_cache
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, quote, urlsplit
 from xml.sax.saxutils import escape, quoteattr
 from zoneinfo import ZoneInfo
@@ -343,7 +343,7 @@ _UNAVAILABLE = _html("503 Service Unavailable", "Please try again later.")
 
 @dataclass
 class Fault:
-    """One misbehaviour of the arXiv stand-in, used up by one request.
+    """One misbehaviour of an HTTP stand-in (arXiv, trending), used up by one request.
 
     ``body`` is bytes, a function of the request's query params, or None for "the normal answer"
     (its own status and type; ``status``/``content_type`` are then ignored). The answer waits
@@ -412,16 +412,13 @@ def _int(params: Mapping[str, str], key: str, default: int) -> int | None:
     return value if value >= 0 else None
 
 
-_SORT_KEYS = {"submittedDate": "published", "lastUpdatedDate": "updated"}  # else list order
-
-
-class _ArxivServer(ThreadingHTTPServer):
+class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
-    standin: ArxivStandin
+    standin: _HttpStandin
 
 
-class _ArxivHandler(BaseHTTPRequestHandler):
-    server: _ArxivServer
+class _HttpHandler(BaseHTTPRequestHandler):
+    server: _HttpServer
 
     def do_GET(self) -> None:
         standin, url = self.server.standin, urlsplit(self.path)
@@ -449,7 +446,61 @@ class _ArxivHandler(BaseHTTPRequestHandler):
         pass
 
 
-class ArxivStandin:
+class _HttpStandin:
+    """What the arXiv and trending stand-ins share: an HTTP server at ``url`` (``host``, a free
+    port, ``path``) answering every GET with ``_answer`` unless a ``Fault`` says otherwise.
+    ``faults`` are used up one per request, in order (a subclass's ``_next_fault`` may pick from
+    queues of its own first); ``requests`` records every request. Starts on construction;
+    ``close()`` stops it, interrupting hanging answers."""
+
+    def __init__(self, host: str, path: str) -> None:
+        self.faults: list[Fault] = []
+        self.requests: list[RecordedRequest] = []
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._server = _HttpServer((host, 0), _HttpHandler)
+        self._server.standin = self
+        self.host, self.port = host, self._server.server_address[1]
+        self.url = f"http://{host}:{self.port}{path}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop serving (interrupting hang faults) and join the server thread. Idempotent."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _record(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Fault | None:
+        with self._lock:
+            fault = self._next_fault(params)
+            self.requests.append(RecordedRequest(path, params, headers, fault))
+        return fault
+
+    def _next_fault(self, params: dict[str, str]) -> Fault | None:
+        """The fault this request gets, taken off its queue (called holding the lock)."""
+        return self.faults.pop(0) if self.faults else None
+
+    def _answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
+        """The normal answer: (status, content type, body)."""
+        raise NotImplementedError
+
+
+_SORT_KEYS = {"submittedDate": "published", "lastUpdatedDate": "updated"}  # else list order
+
+
+class ArxivStandin(_HttpStandin):
     """The arXiv API on 127.0.0.1, serving ``papers`` at ``url``; starts on construction.
 
     Answers ``GET /api/query`` like export.arxiv.org: search_query (see ``compile_query``) and/or
@@ -461,46 +512,17 @@ class ArxivStandin:
 
     def __init__(self, papers: Iterable[Mapping[str, Any]] = (), host: str = "127.0.0.1") -> None:
         self.papers: list[Paper] = [dict(p) for p in papers]
-        self.faults: list[Fault] = []
-        self.requests: list[RecordedRequest] = []
         self._page_faults: dict[int, list[Fault]] = {}
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._server = _ArxivServer((host, 0), _ArxivHandler)
-        self._server.standin = self
-        self.host, self.port = host, self._server.server_address[1]
-        self.url = f"http://{host}:{self.port}/api/query"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        super().__init__(host, "/api/query")
 
     def fault_on_page(self, start: int, fault: Fault) -> None:
         """Queue ``fault`` for the next request whose ``start`` param equals ``start``."""
         with self._lock:
             self._page_faults.setdefault(start, []).append(fault)
 
-    def close(self) -> None:
-        """Stop serving (interrupting hang faults) and join the server thread. Idempotent."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> ArxivStandin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _record(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Fault | None:
-        with self._lock:
-            page = self._page_faults.get(_int(params, "start", 0) or 0)
-            fault = page.pop(0) if page else self.faults.pop(0) if self.faults else None
-            self.requests.append(RecordedRequest(path, params, headers, fault))
-        return fault
+    def _next_fault(self, params: dict[str, str]) -> Fault | None:
+        page = self._page_faults.get(_int(params, "start", 0) or 0)
+        return page.pop(0) if page else super()._next_fault(params)
 
     def _answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
         if path != "/api/query":
@@ -732,43 +754,7 @@ def daily_paper(paper: Mapping[str, Any], upvotes: int, comments: int = 0) -> di
     }
 
 
-class _TrendingServer(ThreadingHTTPServer):
-    daemon_threads = True
-    standin: TrendingStandin
-
-
-class _TrendingHandler(BaseHTTPRequestHandler):
-    server: _TrendingServer
-
-    def do_GET(self) -> None:
-        standin, url = self.server.standin, urlsplit(self.path)
-        params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-        fault = standin._record(url.path, params, {k.title(): v for k, v in self.headers.items()})
-        if fault and fault.delay and standin._closing.wait(fault.delay):
-            self.close_connection = True  # closed while hanging: hang up without an answer
-            return
-        if fault and fault.body is not None:
-            body = fault.body(params) if callable(fault.body) else fault.body
-            status, content_type = fault.status, fault.content_type
-        elif url.path != "/api/daily_papers":
-            status, content_type = 404, "application/json"
-            body = b'{"error":"Sorry, we can\'t find the page you are looking for."}'
-        else:
-            status, content_type = 200, "application/json; charset=utf-8"
-            body = json.dumps(standin.entries).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (fault.headers if fault else {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-
-class TrendingStandin:
+class TrendingStandin(_HttpStandin):
     """Hugging Face's daily papers API on 127.0.0.1: ``GET /api/daily_papers`` answers
     ``entries`` (a JSON list shaped like the real one; see ``daily_paper``) whatever the query.
 
@@ -778,36 +764,10 @@ class TrendingStandin:
 
     def __init__(self, entries: Iterable[Mapping[str, Any]] = (), host: str = "127.0.0.1") -> None:
         self.entries: list[dict[str, Any]] = [dict(e) for e in entries]
-        self.faults: list[Fault] = []
-        self.requests: list[RecordedRequest] = []
-        self._lock = threading.Lock()
-        self._closing = threading.Event()
-        self._server = _TrendingServer((host, 0), _TrendingHandler)
-        self._server.standin = self
-        self.host, self.port = host, self._server.server_address[1]
-        self.url = f"http://{host}:{self.port}/api/daily_papers"
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        super().__init__(host, "/api/daily_papers")
 
-    def close(self) -> None:
-        """Stop serving (interrupting hang faults) and join the server thread. Idempotent."""
-        if self._closing.is_set():
-            return
-        self._closing.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> TrendingStandin:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _record(self, path: str, params: dict[str, str], headers: dict[str, str]) -> Fault | None:
-        with self._lock:
-            fault = self.faults.pop(0) if self.faults else None
-            self.requests.append(RecordedRequest(path, params, headers, fault))
-        return fault
+    def _answer(self, path: str, params: dict[str, str]) -> tuple[int, str, bytes]:
+        if path != "/api/daily_papers":
+            body = b'{"error":"Sorry, we can\'t find the page you are looking for."}'
+            return 404, "application/json", body
+        return 200, "application/json; charset=utf-8", json.dumps(self.entries).encode()

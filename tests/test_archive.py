@@ -10,11 +10,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from helpers import Digest
+from helpers import REWARD_MODEL, Digest
 from markdown_it import MarkdownIt
 from standins import ArxivStandin, Paper, SmtpStandin, base_id, paper_from_fixture
 
-REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
+# Also "reasonings", unlike helpers.REASONING.
 REASONING = re.compile(r"\breason(ing|ings|er|ers|s|ed)?\b", re.IGNORECASE)
 TODAY = datetime.now(UTC).date().isoformat()
 

@@ -9,10 +9,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import Digest, abs_ids, messages_to, parts
-from standins import ArxivStandin, Paper, SmtpStandin, base_id, paper_from_fixture
+from helpers import REWARD_MODEL, Digest, abs_ids, matching, messages_to, parts
+from standins import ArxivStandin, SmtpStandin, base_id, paper_from_fixture
 
-REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
 BENCHMARK = re.compile(r"\bbenchmark(s|ing|ed)?\b", re.IGNORECASE)
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -21,10 +20,6 @@ DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
     # A budget large enough that every paper is shown in full, under its section.
     return Digest(tmp_path, arxiv, smtp, {"DIGEST_HTML_BUDGET": "5000000"})
-
-
-def matching(papers: list[Paper], pattern: re.Pattern[str]) -> set[str]:
-    return {base_id(p["id"]) for p in papers if pattern.search(p["title"] + " " + p["abstract"])}
 
 
 def plain(name: str) -> str:

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
 from collections import Counter
-from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
-from helpers import Digest, abs_ids, parts
-from standins import ArxivStandin, Fault, Paper, SmtpStandin, _SmtpHandler, base_id
+from helpers import ADA_ROW, ALAN_ROW, GRACE_ROW, Digest, abs_ids, owed, parts
+from standins import Fault, SmtpStandin, _SmtpHandler
 
-ADA, GRACE, ALAN = "ada@example.org", "grace@example.org", "alan@example.org"
-REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
-GNN = re.compile(r"\bgraph[\s-]+neural[\s-]+network(s)?\b", re.IGNORECASE)
-REASONING = re.compile(r"\breason(ing|s|ers?|ed)?\b", re.IGNORECASE)
 WAIT = 60  # seconds: only ever reached when something is broken
 
 
@@ -89,31 +83,10 @@ def gate_smtp(smtp: SmtpStandin, gate: Gate) -> None:
 
 
 @pytest.fixture
-def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
-    installation = Digest(tmp_path, arxiv, smtp, {})
-    installation.write_subscribers(
-        [
-            {"email": ADA, "name": "Ada", "keywords": "reward model"},
-            {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"},
-            {"email": ALAN, "name": "Alan", "keywords": "reasoning"},
-        ]
-    )
-    return installation
-
-
-def owed(papers: list[Paper]) -> dict[str, set[str]]:
-    def matching(*patterns: re.Pattern[str]) -> set[str]:
-        return {
-            base_id(p["id"])
-            for p in papers
-            if any(pat.search(p["title"] + " " + p["abstract"]) for pat in patterns)
-        }
-
-    return {
-        ADA: matching(REWARD_MODEL),
-        GRACE: matching(GNN, REWARD_MODEL),
-        ALAN: matching(REASONING),
-    }
+def digest(digest: Digest) -> Digest:
+    """The shared installation (Ada and Grace, conftest.py) and a third subscriber, Alan."""
+    digest.write_subscribers([ADA_ROW, GRACE_ROW, ALAN_ROW])
+    return digest
 
 
 def start(digest: Digest, *args: str) -> subprocess.Popen[str]:

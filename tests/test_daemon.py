@@ -13,15 +13,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import Digest, messages_to
-from standins import ArxivStandin, Fault, SmtpStandin
+from helpers import ADA, GRACE, Digest, messages_to
+from standins import Fault
 
-ADA = "ada@example.org"
-GRACE = "grace@example.org"
+# `digest` (conftest.py): Ada ("reward model") and Grace ("graph neural network; reward model").
 LIMIT = 60  # seconds before a wait counts as a hang
 # Zones with odd offsets, so that the local day and time are clearly not UTC's.
 ZONES = ("Asia/Kathmandu", "America/St_Johns", "Pacific/Chatham", "Asia/Kolkata")
@@ -83,18 +81,6 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-@pytest.fixture
-def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
-    installation = Digest(tmp_path, arxiv, smtp, {})
-    installation.write_subscribers(
-        [
-            {"email": ADA, "name": "Ada", "keywords": "reward model"},
-            {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"},
-        ]
-    )
-    return installation
 
 
 @pytest.fixture

@@ -3,50 +3,32 @@ the loopback stand-ins, faults injected there, and what arrived in the mailboxes
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from helpers import Digest, abs_ids, messages_to, parts
-from standins import ArxivStandin, Fault, Paper, SmtpStandin, base_id
+from helpers import (
+    ADA,
+    ADA_ROW,
+    ALAN,
+    ALAN_ROW,
+    GRACE,
+    GRACE_ROW,
+    Digest,
+    abs_ids,
+    messages_to,
+    owed,
+    parts,
+)
+from standins import Fault
 
 from digest.announce import new_papers_expected
 
-ADA, GRACE, ALAN = "ada@example.org", "grace@example.org", "alan@example.org"
-REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
-GNN = re.compile(r"\bgraph[\s-]+neural[\s-]+network(s)?\b", re.IGNORECASE)
-REASONING = re.compile(r"\breason(ing|s|ers?|ed)?\b", re.IGNORECASE)
-
 
 @pytest.fixture
-def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
-    installation = Digest(tmp_path, arxiv, smtp, {})
-    installation.write_subscribers(
-        [
-            {"email": ADA, "name": "Ada", "keywords": "reward model"},
-            {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"},
-            {"email": ALAN, "name": "Alan", "keywords": "reasoning"},
-        ]
-    )
-    return installation
-
-
-def matching(papers: list[Paper], *patterns: re.Pattern[str]) -> set[str]:
-    return {
-        base_id(p["id"])
-        for p in papers
-        if any(pattern.search(p["title"] + " " + p["abstract"]) for pattern in patterns)
-    }
-
-
-def owed(papers: list[Paper]) -> dict[str, set[str]]:
-    """Each subscriber's papers, by an oracle independent of SQLite."""
-    return {
-        ADA: matching(papers, REWARD_MODEL),
-        GRACE: matching(papers, GNN, REWARD_MODEL),
-        ALAN: matching(papers, REASONING),
-    }
+def digest(digest: Digest) -> Digest:
+    """The shared installation (Ada and Grace, conftest.py) and a third subscriber, Alan."""
+    digest.write_subscribers([ADA_ROW, GRACE_ROW, ALAN_ROW])
+    return digest
 
 
 def received(digest: Digest, address: str) -> list[set[str]]:

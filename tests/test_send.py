@@ -8,29 +8,23 @@ from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
-from helpers import SENDER, Digest, abs_ids, messages_to, parts
-from standins import ArxivStandin, Fault, Paper, SmtpStandin, base_id, paper_from_fixture
+from helpers import (
+    ADA,
+    GNN,
+    GRACE,
+    REWARD_MODEL,
+    SENDER,
+    Digest,
+    abs_ids,
+    matching,
+    messages_to,
+    parts,
+)
+from standins import Fault, base_id, paper_from_fixture
 
-ADA = "ada@example.org"
-GRACE = "grace@example.org"
-# An oracle for "reward model" independent of SQLite: the phrase with the endings in our data.
-REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
-GNN = re.compile(r"\bgraph[\s-]+neural[\s-]+network(s)?\b", re.IGNORECASE)
-
-
-@pytest.fixture
-def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
-    installation = Digest(tmp_path, arxiv, smtp, {})
-    installation.write_subscribers(
-        [
-            {"email": ADA, "name": "Ada", "keywords": "reward model"},
-            {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"},
-        ]
-    )
-    return installation
+# `digest` (conftest.py): Ada ("reward model") and Grace ("graph neural network; reward model").
 
 
 class _Tags(HTMLParser):
@@ -47,10 +41,6 @@ def html_tags(html: str) -> list[tuple[str, list[tuple[str, str | None]]]]:
     parser = _Tags()
     parser.feed(html)
     return parser.tags
-
-
-def matching(papers: list[Paper], pattern: re.Pattern[str]) -> set[str]:
-    return {base_id(p["id"]) for p in papers if pattern.search(p["title"] + " " + p["abstract"])}
 
 
 def test_dry_run_previews_every_email_and_sends_and_records_nothing(digest: Digest) -> None:

@@ -5,26 +5,16 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
-from helpers import Digest
-from standins import ArxivStandin, SmtpStandin
-
-ADA = "ada@example.org"
-GRACE = "grace@example.org"
+from helpers import ADA, GRACE, Digest
 
 
 @pytest.fixture
-def digest(tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin) -> Digest:
-    installation = Digest(tmp_path, arxiv, smtp, {"DIGEST_TIMEZONE": "Asia/Kathmandu"})
-    installation.write_subscribers(
-        [
-            {"email": ADA, "name": "Ada", "keywords": "reward model"},
-            {"email": GRACE, "name": "Grace", "keywords": "graph neural network; reward model"},
-        ]
-    )
-    return installation
+def digest(digest: Digest) -> Digest:
+    """The shared installation (Ada and Grace, conftest.py), its send time in Kathmandu."""
+    digest.extra_env["DIGEST_TIMEZONE"] = "Asia/Kathmandu"
+    return digest
 
 
 def test_without_a_database_it_says_how_to_get_one_and_creates_nothing(digest: Digest) -> None:

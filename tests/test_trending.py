@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Digest, abs_ids, messages_to, parts
+from helpers import ADA, REWARD_MODEL, Digest, abs_ids, messages_to, parts
 from standins import (
     ArxivStandin,
     Fault,
@@ -22,9 +22,7 @@ from standins import (
 
 from digest.trending import parse
 
-ADA = "ada@example.org"
 BOB = "bob@example.org"
-REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
 
 
 @pytest.fixture
