@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from email.utils import parseaddr
@@ -290,6 +290,7 @@ def _largest(fits: Callable[[int], bool], upper: int) -> int:
 # ---------------------------------------------------------------------------------------------
 
 _MARK = re.compile(r"@@dg(\w+)@@")
+PIECES_PER_DOCUMENT = 250
 MARK_PREFIX = "@@dg"
 _PAPER_START, _PAPER_END = '<div class="paper"', "</div>"
 _ITEM_START, _ITEM_END = "<li", "</li>"
@@ -479,9 +480,13 @@ class Renderer:
     ) -> tuple[RenderedEmail, tuple[object, ...]]:
         entries = digest.entries
         keys = [self._key(digest, entry) for entry in entries]
-        missing = {k: e for k, e in zip(keys, entries, strict=True) if k not in self._pieces}
+        missing = {
+            key: (entry, digest.upvotes.get(entry.paper.id, 0))
+            for key, entry in zip(keys, entries, strict=True)
+            if key not in self._pieces
+        }
         if missing:
-            self._render_pieces(digest, missing)
+            self._render_pieces(missing)
         pieces = [self._pieces[k] for k in keys]
         by_id = {entry.paper.id: piece for entry, piece in zip(entries, pieces, strict=True)}
         built: dict[tuple[int, int], tuple[str, str, tuple[object, ...]]] = {}
@@ -590,12 +595,28 @@ class Renderer:
                 raise _Slow
         return layout
 
-    def _render_pieces(self, digest: Digest, missing: dict[tuple[object, ...], Entry]) -> None:
+    def prepare(self, digests: Iterable[Digest]) -> None:
+        """Finish, in a few documents, every paper block these digests need that is not ready
+        yet. One trip through MJML and premailer costs ~7 ms plus ~0.4 ms per block, so a run
+        that calls this for each batch of subscribers before rendering them pays the 7 ms per
+        batch instead of per subscriber. Optional: `render` finishes what is missing itself."""
+        missing: dict[tuple[object, ...], tuple[Entry, int]] = {}
+        for digest in digests:
+            for entry in digest.entries:
+                key = self._key(digest, entry)
+                if key not in self._pieces:
+                    missing[key] = (entry, digest.upvotes.get(entry.paper.id, 0))
+        batch = list(missing.items())
+        for start in range(0, len(batch), PIECES_PER_DOCUMENT):
+            try:
+                self._render_pieces(dict(batch[start : start + PIECES_PER_DOCUMENT]))
+            except Exception:  # each email then finishes (or renders in full) on its own
+                log.exception("rendering a batch of paper blocks failed")
+
+    def _render_pieces(self, missing: dict[tuple[object, ...], tuple[Entry, int]]) -> None:
         """Finish the blocks of these papers: all of them in one document, shown in full and
         in the compact list, through the whole template; then cut each block out."""
-        views = [
-            entry_view(entry, digest.upvotes.get(entry.paper.id, 0)) for entry in missing.values()
-        ]
+        views = [entry_view(entry, upvotes) for entry, upvotes in missing.values()]
         context: dict[str, object] = {name: "-" for name in _VALUES}
         context.update(
             sender_address="-",

@@ -126,8 +126,14 @@ def _digests(papers: list[Paper], count: int, *, hostile: bool = False) -> list[
     return digests
 
 
-def _check(digests: list[Digest], budget: int, *, unsubscribe: bool = True) -> Renderer:
-    renderer = Renderer(sender=SENDER, budget=budget, verify_every=10**9)
+def _check(
+    digests: list[Digest],
+    budget: int,
+    *,
+    unsubscribe: bool = True,
+    renderer: Renderer | None = None,
+) -> Renderer:
+    renderer = renderer or Renderer(sender=SENDER, budget=budget, verify_every=10**9)
     for n, digest in enumerate(digests):
         url = f"https://digest.example.org/u/tok{n}?a=1&b=é é" if unsubscribe and n % 2 else None
         expected = render_reference(digest, sender=SENDER, budget=budget, unsubscribe_url=url)
@@ -196,3 +202,14 @@ def test_pieces_are_rendered_once_per_paper_not_per_subscriber() -> None:
     }
     assert len(renderer._pieces) <= 2 * len(distinct)
     assert len(renderer._layouts) < len(digests)
+
+
+def test_prepare_finishes_every_block_a_batch_needs_up_front() -> None:
+    digests = _digests(_papers(), 30)
+    renderer = Renderer(sender=SENDER, budget=95_000, verify_every=10**9)
+    renderer.prepare(digests)
+    ready = len(renderer._pieces)
+    assert ready >= len({e.paper.id for d in digests for e in d.entries})
+    _check(digests, 95_000, renderer=renderer)
+    assert len(renderer._pieces) == ready  # no email had to finish a block of its own
+    assert renderer.assembled == renderer.count == len(digests)
