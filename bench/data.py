@@ -361,10 +361,15 @@ def subscriber_rows(count: int, keywords: Sequence[str], seed: int = 6) -> list[
 
 
 def covering_rows(count: int, keywords: Sequence[str]) -> list[dict[str, str]]:
-    """`count` subscribers who together follow exactly `keywords` (dealt out in turn)."""
+    """`count` subscribers who together follow exactly `keywords`, in the same order of first
+    appearance (consecutive slices), so the run asks arXiv for the same keywords in the same
+    order as a run for the subscribers those keywords came from."""
     rows = []
+    size = -(-len(keywords) // count)
     for i in range(count):
-        mine = list(keywords[i::count])
+        mine = list(keywords[i * size : (i + 1) * size])
+        if not mine:
+            break
         rows.append(
             {"email": f"few{i:03d}@example.org", "name": f"Few {i}", "keywords": "; ".join(mine)}
         )
