@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import binascii
 import contextlib
+import re
+import secrets
 import smtplib
 import ssl
 import time
@@ -12,6 +15,7 @@ from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
+from functools import lru_cache
 from types import TracebackType
 
 from digest.config import Settings
@@ -66,6 +70,132 @@ def build_message(
     msg.set_content(rendered.text, cte="quoted-printable")
     msg.add_alternative(rendered.html, subtype="html", cte="quoted-printable")
     return msg
+
+
+MAX_HEADER_LINE = 78  # RFC 5322's "should"; 998 is the "must"
+MAX_QP_LINE = 76  # RFC 2045
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
+_UNSAFE_START = re.compile(rb"^(?:\.|From )", re.MULTILINE)
+
+
+@lru_cache(maxsize=256)
+def _folded_by_email_package(name: str, value: str) -> bytes:
+    """`name: value` as the email package writes it (RFC 2047 words, folded), CRLF-ended."""
+    return SMTP.header_factory(name, value).fold(policy=SMTP).encode("ascii")
+
+
+def _fold_plain(name: str, value: str) -> bytes | None:
+    """An unstructured ASCII header folded at spaces to lines of at most 78 characters, or
+    None when the email package must do it (non-ASCII, an encoded-word look-alike, a word too
+    long to fit a line)."""
+    if not value.isascii() or "=?" in value:
+        return None
+    line = f"{name}: {value}"
+    if len(line) <= MAX_HEADER_LINE:
+        return line.encode("ascii") + b"\r\n"
+    lines: list[str] = []
+    current = f"{name}:"
+    for word in value.split(" "):
+        if len(current) + 1 + len(word) > MAX_HEADER_LINE and current not in ("", f"{name}:"):
+            lines.append(current)
+            current = ""
+        current += " " + word
+        if len(current) > 900:  # legal up to 998, but let the email package encode it
+            return None
+    lines.append(current)
+    return "\r\n".join(lines).encode("ascii") + b"\r\n"
+
+
+def _header(name: str, value: str, *, address: bool = False) -> bytes:
+    if address:
+        if _PLAIN_ADDRESS.fullmatch(value) and len(name) + 2 + len(value) <= MAX_HEADER_LINE:
+            return f"{name}: {value}\r\n".encode("ascii")
+        return _folded_by_email_package(name, value)
+    return _fold_plain(name, value) or _folded_by_email_package(name, value)
+
+
+def _wire_safe(line: bytes) -> bytes:
+    """One quoted-printable line made safe on the wire: at most 76 characters (soft breaks,
+    never inside an =XX escape) and no line starting with "." or "From " (encoded as =2E, =46)."""
+    out: list[bytes] = []
+    while True:
+        if line[:1] == b".":
+            line = b"=2E" + line[1:]
+        elif line.startswith(b"From "):
+            line = b"=46" + line[1:]
+        if len(line) <= MAX_QP_LINE:
+            out.append(line)
+            return b"\n".join(out)
+        cut = MAX_QP_LINE - 1
+        while b"=" in line[cut - 2 : cut]:
+            cut -= 1
+        out.append(line[:cut] + b"=")
+        line = line[cut:]
+
+
+def quoted_printable(text: str) -> bytes:
+    """`text` as utf-8 quoted-printable body lines, CRLF-ended, each at most 76 characters
+    (binascii's C encoder; lines normalised as the email package does, ending in a newline)."""
+    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    lines = encoded.split(b"\n")
+    if _UNSAFE_START.search(encoded) or any(len(line) > MAX_QP_LINE for line in lines):
+        encoded = b"\n".join(
+            _wire_safe(line)
+            if len(line) > MAX_QP_LINE or line.startswith((b".", b"From "))
+            else line
+            for line in lines
+        )
+    return encoded.replace(b"\n", b"\r\n")
+
+
+def message_bytes(
+    rendered: RenderedEmail,
+    *,
+    sender: str,
+    to: str,
+    message_id: str,
+    when: datetime,
+    unsubscribe_url: str | None = None,
+) -> bytes:
+    """The email `build_message` builds, written directly as bytes with CRLF line endings: the
+    same headers in the same order, multipart/alternative with text/plain then text/html, both
+    utf-8 quoted-printable. Much faster than the email package for the bodies (C encoder)."""
+    address = parseaddr(sender)[1] or sender
+    mailto = f"<mailto:{address}?subject=unsubscribe>"
+    head = [
+        _folded_by_email_package("From", header_value(sender)),
+        _header("To", header_value(to), address=True),
+        _header("Subject", header_value(rendered.subject)),
+        _header("Date", format_datetime(when)),
+        _header("Message-ID", header_value(message_id)),
+        _header("List-Id", f"arXiv digest <digest.{sender_domain(sender)}>"),
+    ]
+    if unsubscribe_url:
+        head.append(_header("List-Unsubscribe", f"<{header_value(unsubscribe_url)}>, {mailto}"))
+        head.append(b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n")
+    else:
+        head.append(_header("List-Unsubscribe", mailto))
+    # "=_" never occurs in quoted-printable text, so the boundary cannot occur in a part.
+    boundary = f"=_digest_{secrets.token_hex(12)}".encode("ascii")
+    head.append(b"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n")
+    head.append(b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n')
+    part = (
+        b'Content-Type: text/%s; charset="utf-8"\r\n'
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    return b"".join(
+        [
+            *head,
+            b"--" + boundary + b"\r\n",
+            part % b"plain",
+            quoted_printable(rendered.text),
+            b"\r\n--" + boundary + b"\r\n",
+            part % b"html",
+            quoted_printable(rendered.html),
+            b"\r\n--" + boundary + b"--\r\n",
+        ]
+    )
 
 
 @dataclass(frozen=True)
@@ -175,14 +305,13 @@ class Messenger:
             ) from None
         self._smtp = smtp
 
-    def send(self, msg: EmailMessage, to: str) -> SendResult:
+    def send(self, data: bytes, to: str) -> SendResult:
         """Send one message, (re)connecting first when needed. A refusal of this recipient or
         message, or a connection lost in the middle, is a result; not reaching the server (or
         it refusing the login or the sender) is an SmtpError."""
         if self._smtp is None:
             self.connect()
         assert self._smtp is not None
-        data = msg.as_bytes(policy=SMTP)
         address = parseaddr(self.sender)[1] or self.sender
         self.spacer.wait()
         try:

@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
 from pathlib import Path
 
 import filelock
@@ -28,7 +27,7 @@ from digest import render as render_stage
 from digest import trending as trending_stage
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.mailer import Messenger, SendResult, build_message, new_message_id
+from digest.mailer import Messenger, SendResult, message_bytes, new_message_id
 from digest.match import (
     Hit,
     author_key,
@@ -398,7 +397,7 @@ class _Item:
 
     person: Subscriber
     message_id: str
-    msg: EmailMessage
+    data: bytes
     papers: int
     size: int
     resumed: bool = False
@@ -440,7 +439,7 @@ class _Outbox:
         if rendered is None:
             return
         message_id = new_message_id(self.sender)
-        msg = build_message(
+        data = message_bytes(
             rendered,
             sender=self.sender,
             to=person.email,
@@ -448,16 +447,16 @@ class _Outbox:
             when=now,
             unsubscribe_url=self._unsubscribe_link(person),
         )
-        size = len(msg.as_bytes())
+        size = len(data)
         if self.dry_run:
-            self._preview(person, rendered, msg.as_bytes())
+            self._preview(person, rendered, data)
             self.emit(Outcome(person.email, "previewed", len(rendered.paper_ids), size))
             return
         self.connect()  # an unreachable server stops the run before anything is committed
         store.add_pending_email(
             self.db, self.run_id, person.key, message_id, rendered.paper_ids, digest.day
         )
-        self._attempt(_Item(person, message_id, msg, len(rendered.paper_ids), size))
+        self._attempt(_Item(person, message_id, data, len(rendered.paper_ids), size))
 
     def resume(
         self,
@@ -500,7 +499,7 @@ class _Outbox:
             return
         if set(rendered.paper_ids) != set(pending.paper_ids):
             store.set_email_papers(self.db, pending.message_id, rendered.paper_ids)
-        msg = build_message(
+        data = message_bytes(
             rendered,
             sender=self.sender,
             to=person.email,
@@ -508,9 +507,7 @@ class _Outbox:
             when=now,
             unsubscribe_url=self._unsubscribe_link(person),
         )
-        item = _Item(
-            person, pending.message_id, msg, len(rendered.paper_ids), len(msg.as_bytes()), True
-        )
+        item = _Item(person, pending.message_id, data, len(rendered.paper_ids), len(data), True)
         self.connect()
         self._attempt(item)
 
@@ -552,7 +549,7 @@ class _Outbox:
         """One try; a DigestError (the server is gone or refuses us) leaves the email pending
         and stops the run."""
         assert self.messenger is not None
-        result = self.messenger.send(item.msg, item.person.email)
+        result = self.messenger.send(item.data, item.person.email)
         item.last = result
         email, papers, size = item.person.email, item.papers, item.size
         if result.accepted:
