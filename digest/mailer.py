@@ -8,6 +8,7 @@ import re
 import secrets
 import smtplib
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -221,7 +222,8 @@ class SendResult:
 
 
 class Spacer:
-    """Keeps events at least 1/`rate` seconds apart (rate 0: no limit)."""
+    """Keeps events at least 1/`rate` seconds apart (rate 0: no limit), across threads: several
+    connections sharing one Spacer share the rate."""
 
     def __init__(
         self,
@@ -232,23 +234,28 @@ class Spacer:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.clock, self.sleep = clock, sleep
         self._last: float | None = None
+        self._lock = threading.Lock()
 
     def wait(self) -> None:
-        if self.interval and self._last is not None:
-            remaining = self._last + self.interval - self.clock()
-            if remaining > 0:
-                self.sleep(remaining)
-        self._last = self.clock()
+        if not self.interval:
+            return
+        with self._lock:  # take the next free slot, then wait for it outside the lock
+            now = self.clock()
+            slot = now if self._last is None else max(now, self._last + self.interval)
+            self._last = slot
+        if slot > now:
+            self.sleep(slot - now)
 
 
 class Messenger:
-    """One SMTP connection, opened on entry and reused for every message."""
+    """One SMTP connection, opened on entry and reused for every message. Several Messengers
+    (one per sender thread) share the rate when given the same `spacer`."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spacer: Spacer | None = None) -> None:
         self.settings = settings
         self.sender = settings.require_from()
         self._smtp: smtplib.SMTP | None = None
-        self.spacer = Spacer(settings.smtp_rate)
+        self.spacer = spacer or Spacer(settings.smtp_rate)
 
     def __enter__(self) -> Messenger:
         self.connect()
