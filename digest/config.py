@@ -187,9 +187,13 @@ MAX_SMTP_CONNECTIONS = 16
 
 
 def _connections(raw: str) -> int:
-    count = _number(int, raw)
+    what = f"use a whole number from 1 to {MAX_SMTP_CONNECTIONS}"
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ValueError(what) from None
     if not 0 < count <= MAX_SMTP_CONNECTIONS:
-        raise ValueError(f"use a whole number from 1 to {MAX_SMTP_CONNECTIONS}")
+        raise ValueError(what)
     return count
 
 

@@ -529,16 +529,23 @@ class _Item:
     seq: int = 0  # its place in the order outcomes are reported
     new: store.NewEmail | None = None  # not in the outbox yet: commit it before handing it out
     tries: int = 0
+    connection: int = 0  # the sender it was last handed to
 
 
 class _Senders:
     """One thread per SMTP connection, each with its own Messenger reused for many messages.
-    They only send: results go back to the main thread, which does every database write."""
+    They only send: results go back to the main thread, which does every database write.
+    Each email goes to the connection with the fewest emails waiting, in turn among equals,
+    so every connection carries its share."""
 
     def __init__(self, settings: Settings) -> None:
         spacer = Spacer(settings.smtp_rate)  # DIGEST_SMTP_RATE is for all connections together
         self.messengers = [Messenger(settings, spacer) for _ in range(settings.smtp_connections)]
-        self.jobs: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self.jobs: list[queue.SimpleQueue[_Item | None]] = [
+            queue.SimpleQueue() for _ in self.messengers
+        ]
+        self.load = [0] * len(self.messengers)  # emails handed to each, result not yet taken
+        self.turn = 0
         self.results: queue.SimpleQueue[tuple[_Item, SendResult | Exception]] = queue.SimpleQueue()
         self.threads: list[threading.Thread] = []
 
@@ -553,16 +560,25 @@ class _Senders:
 
     def submit(self, item: _Item) -> None:
         if not self.threads:
-            for n, messenger in enumerate(self.messengers, start=1):
+            for n, (messenger, jobs) in enumerate(zip(self.messengers, self.jobs, strict=True)):
                 thread = threading.Thread(
-                    target=self._work, args=(messenger,), name=f"smtp-{n}", daemon=True
+                    target=self._work, args=(messenger, jobs), name=f"smtp-{n + 1}", daemon=True
                 )
                 thread.start()
                 self.threads.append(thread)
-        self.jobs.put(item)
+        count = len(self.messengers)
+        order = [(self.turn + k) % count for k in range(count)]
+        chosen = min(order, key=lambda n: self.load[n])
+        self.turn = (chosen + 1) % count
+        item.connection = chosen
+        self.load[chosen] += 1
+        self.jobs[chosen].put(item)
 
-    def _work(self, messenger: Messenger) -> None:
-        while (item := self.jobs.get()) is not None:
+    def done(self, item: _Item) -> None:
+        self.load[item.connection] -= 1
+
+    def _work(self, messenger: Messenger, jobs: queue.SimpleQueue[_Item | None]) -> None:
+        while (item := jobs.get()) is not None:
             try:
                 result: SendResult | Exception = messenger.send(item.data, item.person.email)
             except Exception as exc:  # SmtpError (the server is gone) or a bug: the main
@@ -572,17 +588,20 @@ class _Senders:
     def take_back(self) -> list[_Item]:
         """The emails handed out that no sender has picked up yet."""
         items = []
-        while True:
-            try:
-                item = self.jobs.get_nowait()
-            except queue.Empty:
-                return items
-            if item is not None:
-                items.append(item)
+        for jobs in self.jobs:
+            while True:
+                try:
+                    item = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    items.append(item)
+                    self.done(item)
+        return items
 
     def close(self) -> None:
-        for _ in self.threads:
-            self.jobs.put(None)
+        for jobs in self.jobs[: len(self.threads)]:
+            jobs.put(None)
         for thread in self.threads:
             thread.join()
         self.threads = []
@@ -836,6 +855,8 @@ class _Outbox:
         self.stopping()
 
     def _take(self, item: _Item, result: SendResult | Exception) -> None:
+        assert self.senders is not None
+        self.senders.done(item)
         self.outstanding -= 1
         self.timings.send_ended = time.perf_counter()
         if isinstance(result, Exception):  # the server is gone or refuses us: the email
