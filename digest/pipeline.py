@@ -20,7 +20,7 @@ import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,7 +44,7 @@ from digest.match import (
     owed_since,
     plan_digest,
 )
-from digest.models import Digest, Paper, RenderedEmail, Subscriber
+from digest.models import Digest, Paper, RenderedEmail, Section, Subscriber
 from digest.subscribers import DAY_NAMES
 from digest.tokens import unsubscribe_url
 
@@ -345,34 +345,32 @@ def _run(
             k: ids for k, ids in store.author_index(db, since, author_key).items() if k in followed
         }
         papers.update(store.papers_by_id(db, (i for ids in by_author.values() for i in ids)))
-        candidates = list(papers)
         timings.match_s = time.perf_counter() - started
         for chunk_start in range(0, len(due), CHUNK):
             started = time.perf_counter()
             chunk = due[chunk_start : chunk_start + CHUNK]
             active = [p for p in chunk if report.dry_run or p.key not in suspended]
-            keys = [p.key for p in active]
-            taken = store.taken_many(db, keys, candidates)
-            refused = store.refused_many(db, keys)
-            planned: dict[str, Digest] = {}
-            for person in active:
+            refused = store.refused_many(db, [p.key for p in active])
+            drafts: dict[str, Digest] = {}
+            for person in active:  # planned as if nothing had been delivered yet...
                 window = windows.get(person.key, daily_since)
                 own_refused = refused.get(person.key)
                 if own_refused:  # rare: papers of a refused email, owed past the window
-                    digest = _plan_with_refused(
-                        db, person, hits, papers, by_author, own_refused, window, taken, day
+                    drafts[person.key] = _plan_with_refused(
+                        db, person, hits, papers, by_author, own_refused, window, day
                     )
                 else:
-                    digest = plan_digest(
-                        person,
-                        hits,
-                        papers,
-                        taken.get(person.key, set()),
-                        day,
-                        by_author=by_author,
-                        since=window,
+                    drafts[person.key] = plan_digest(
+                        person, hits, papers, set(), day, by_author=by_author, since=window
                     )
-                planned[person.key] = trending_stage.decorate(digest, board, settings.trending_top)
+            # ...then one look-up of exactly those (subscriber, paper) pairs for the chunk
+            taken = store.taken_many(db, {k: d.paper_ids for k, d in drafts.items()})
+            planned = {
+                key: trending_stage.decorate(
+                    _without(draft, taken.get(key, set())), board, settings.trending_top
+                )
+                for key, draft in drafts.items()
+            }
             timings.match_s += time.perf_counter() - started
             for index, person in enumerate(chunk, start=chunk_start):
                 if stop_here(len(due) - index):
@@ -485,7 +483,6 @@ def _plan_with_refused(
     by_author: dict[str, list[str]],
     refused: set[str],
     since: datetime,
-    taken: dict[str, set[str]],
     day: str,
 ) -> Digest:
     """A subscriber with papers of refused emails still owed: the run's papers in their window
@@ -495,8 +492,20 @@ def _plan_with_refused(
         author_key(a): [i for i in by_author.get(author_key(a), ()) if _new(papers, i, since)]
         for a in person.authors
     }
-    own_taken = taken.get(person.key, set())
-    return plan_digest(person, person_hits, person_papers, own_taken, day, by_author=own_authors)
+    return plan_digest(person, person_hits, person_papers, set(), day, by_author=own_authors)
+
+
+def _without(digest: Digest, taken: set[str]) -> Digest:
+    """`digest` without the papers in `taken` (sections left empty dropped): what
+    `plan_digest` gives when told those papers were delivered already."""
+    if not taken or taken.isdisjoint(digest.paper_ids):
+        return digest
+    sections = []
+    for section in digest.sections:
+        entries = tuple(e for e in section.entries if e.paper.id not in taken)
+        if entries:
+            sections.append(Section(section.keyword, entries))
+    return replace(digest, sections=tuple(sections))
 
 
 def _literal_filter(

@@ -503,22 +503,26 @@ def last_sent_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, 
 
 
 def taken_many(
-    db: sqlite_utils.Database, keys: Iterable[str], ids: Iterable[str]
+    db: sqlite_utils.Database, wanted: Mapping[str, Iterable[str]]
 ) -> dict[str, set[str]]:
-    """`taken_ids` for many subscribers at once: of `ids`, those delivered to each subscriber,
-    plus the papers waiting in their pending emails. Two queries per 500 subscribers."""
-    wanted = json.dumps(sorted(set(ids)))
+    """`taken_ids` for many subscribers at once: of each subscriber's `wanted` paper ids, those
+    delivered to them, plus the papers waiting in their pending emails. Looks up exactly those
+    (subscriber, paper) pairs, so the cost does not grow with their past deliveries."""
     taken: dict[str, set[str]] = {}
-    for chunk in _chunks(list(keys)):
-        marks = ",".join("?" * len(chunk))
+    keys = list(wanted)
+    for chunk in _chunks(keys):
+        pairs = json.dumps({key: list(wanted[key]) for key in chunk})  # {subscriber: [ids]}
         rows = db.execute(
-            f"SELECT subscriber, paper_id FROM deliveries WHERE subscriber IN ({marks}) "
-            "AND paper_id IN (SELECT value FROM json_each(?))",
-            [*chunk, wanted],
+            "SELECT deliveries.subscriber, deliveries.paper_id "
+            "FROM json_each(?) AS person CROSS JOIN json_each(person.value) AS paper "
+            "CROSS JOIN deliveries ON deliveries.subscriber = person.key "
+            "AND deliveries.paper_id = paper.value",
+            [pairs],
         ).fetchall()
         rows += db.execute(
             "SELECT emails.subscriber, email_papers.paper_id FROM emails "
-            f"JOIN email_papers USING (message_id) WHERE emails.subscriber IN ({marks}) "
+            "JOIN email_papers USING (message_id) "
+            f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
             "AND emails.status = 'pending'",
             chunk,
         ).fetchall()
