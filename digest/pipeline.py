@@ -33,7 +33,7 @@ from digest import fetch as fetch_stage
 from digest import render as render_stage
 from digest import trending as trending_stage
 from digest.config import Settings
-from digest.errors import DigestError
+from digest.errors import DigestError, SmtpError
 from digest.mailer import Messenger, SendResult, Spacer, message_bytes, new_message_id
 from digest.match import (
     Hit,
@@ -106,9 +106,11 @@ def run_send(
     """One daily run. Raises DigestError when the run as a whole cannot go on.
 
     `on_start(n)` is called once the papers are in, before building the first of `n` emails;
-    `progress(outcome)` after each subscriber. `should_stop()` is asked before each subscriber:
-    when it says yes, the run ends there (the email in flight was finished and recorded) and is
-    recorded with status `stopped`, so the next run still owes the others their digest."""
+    `progress(outcome)` after each subscriber, in the subscribers' order, on this thread.
+    `should_stop()` is asked before each subscriber and while waiting for the mail server: when
+    it says yes, nothing more is handed out (the emails in flight are finished and recorded) and
+    the run is recorded with status `stopped`, so the next run still owes the others their
+    digest."""
     now = now or datetime.now(UTC)
     report = RunReport(dry_run=dry_run)
     people, problems = subscribers.load(settings.subscribers_path)
@@ -576,16 +578,24 @@ class _Senders:
         self.load = [0] * len(self.messengers)  # emails handed to each, result not yet taken
         self.turn = 0
         self.results: queue.SimpleQueue[tuple[_Item, SendResult | Exception]] = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
+        self.threads: list[tuple[threading.Thread, queue.SimpleQueue[_Item | None]]] = []
 
     def connect(self, *, refresh: bool = False) -> None:
         """Open every connection (`refresh`: check each is still alive, else reopen it); only
         while no message is out. Raises SmtpError when one cannot be opened."""
-        for messenger in self.messengers:
-            if refresh:
-                messenger.refresh()
-            elif not messenger.connected:
-                messenger.connect()
+        for n, messenger in enumerate(list(self.messengers)):
+            try:
+                if refresh:
+                    messenger.refresh()
+                elif not messenger.connected:
+                    messenger.connect()
+            except SmtpError as exc:
+                if n == 0 or self.threads:
+                    raise
+                # e.g. a server that limits connections per client: go on with fewer
+                log.warning("sending over %d SMTP connections, not more: %s", n, exc)
+                del self.messengers[n:], self.jobs[n:], self.load[n:]
+                return
 
     def submit(self, item: _Item) -> None:
         if not self.threads:
@@ -594,7 +604,7 @@ class _Senders:
                     target=self._work, args=(messenger, jobs), name=f"smtp-{n + 1}", daemon=True
                 )
                 thread.start()
-                self.threads.append(thread)
+                self.threads.append((thread, jobs))
         count = len(self.messengers)
         order = [(self.turn + k) % count for k in range(count)]
         chosen = min(order, key=lambda n: self.load[n])
@@ -629,9 +639,9 @@ class _Senders:
         return items
 
     def close(self) -> None:
-        for jobs in self.jobs[: len(self.threads)]:
+        for _, jobs in self.threads:
             jobs.put(None)
-        for thread in self.threads:
+        for thread, _ in self.threads:
             thread.join()
         self.threads = []
         for messenger in self.messengers:
@@ -845,7 +855,8 @@ class _Outbox:
         is full (one commit for many). Each is committed to the outbox first."""
         if self.stopping() or not self.buffer:
             return
-        idle = self.settings.smtp_connections - self.outstanding
+        assert self.senders is not None
+        idle = len(self.senders.messengers) - self.outstanding
         if len(self.buffer) >= self.batch and self.outstanding <= self.batch:
             take = len(self.buffer)
         elif idle > 0:
