@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import binascii
 import contextlib
+import random
 import re
-import secrets
 import smtplib
 import ssl
 import threading
@@ -76,7 +76,6 @@ def build_message(
 MAX_HEADER_LINE = 78  # RFC 5322's "should"; 998 is the "must"
 MAX_QP_LINE = 76  # RFC 2045
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+")
-_UNSAFE_START = re.compile(rb"^(?:\.|From )", re.MULTILINE)
 
 
 @lru_cache(maxsize=256)
@@ -137,15 +136,20 @@ def _wire_safe(line: bytes) -> bytes:
 def quoted_printable(text: str) -> bytes:
     """`text` as utf-8 quoted-printable body lines, CRLF-ended, each at most 76 characters
     (binascii's C encoder; lines normalised as the email package does, ending in a newline)."""
-    data = b"\n".join(text.encode("utf-8").splitlines()) + b"\n"
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = b"\n".join(data.splitlines()) + b"\n"
+    elif not data.endswith(b"\n"):
+        data += b"\n"
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    if encoded.startswith((b".", b"From ")):
+        encoded = (b"=2E" if encoded[:1] == b"." else b"=46") + encoded[1:]
+    if b"\n." in encoded or b"\nFrom " in encoded:  # e.g. CSS rules: ".hl { ... }"
+        encoded = encoded.replace(b"\n.", b"\n=2E").replace(b"\nFrom ", b"\n=46rom ")
     lines = encoded.split(b"\n")
-    if _UNSAFE_START.search(encoded) or any(len(line) > MAX_QP_LINE for line in lines):
+    if max(map(len, lines)) > MAX_QP_LINE:  # rare: binascii's trailing-space escape, or =2E
         encoded = b"\n".join(
-            _wire_safe(line)
-            if len(line) > MAX_QP_LINE or line.startswith((b".", b"From "))
-            else line
-            for line in lines
+            _wire_safe(line) if len(line) > MAX_QP_LINE else line for line in lines
         )
     return encoded.replace(b"\n", b"\r\n")
 
@@ -178,7 +182,7 @@ def message_bytes(
     else:
         head.append(_header("List-Unsubscribe", mailto))
     # "=_" never occurs in quoted-printable text, so the boundary cannot occur in a part.
-    boundary = f"=_digest_{secrets.token_hex(12)}".encode("ascii")
+    boundary = f"=_digest_{random.getrandbits(96):024x}".encode("ascii")
     head.append(b"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n")
     head.append(b'Content-Type: multipart/alternative;\r\n boundary="' + boundary + b'"\r\n\r\n')
     part = (

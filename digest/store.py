@@ -575,25 +575,26 @@ def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error:
 def mark_sent(db: sqlite_utils.Database, message_id: str) -> None:
     """The server accepted the email: it and its papers are delivered, in one transaction."""
     with immediate(db):
-        _mark_sent(db, message_id, now_iso())
+        _mark_sent(db, [message_id], now_iso())
 
 
-def _mark_sent(db: sqlite_utils.Database, message_id: str, when: str) -> None:
-    db.execute(
+def _mark_sent(db: sqlite_utils.Database, message_ids: list[str], when: str) -> None:
+    conn = db.conn
+    conn.executemany(
         "UPDATE emails SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
         "last_attempt_at = ?, last_code = 250, error = NULL WHERE message_id = ?",
-        [when, when, message_id],
+        [(when, when, message_id) for message_id in message_ids],
     )
-    db.execute(
+    conn.executemany(
         "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, message_id, delivered_at) "
         "SELECT emails.subscriber, email_papers.paper_id, emails.message_id, ? "
         "FROM emails JOIN email_papers USING (message_id) WHERE emails.message_id = ?",
-        [when, message_id],
+        [(when, message_id) for message_id in message_ids],
     )
-    db.execute(
+    conn.executemany(
         "UPDATE mailboxes SET permanent_failures = 0 WHERE subscriber = "
         "(SELECT subscriber FROM emails WHERE message_id = ?)",
-        [message_id],
+        [(message_id,) for message_id in message_ids],
     )
 
 
@@ -620,8 +621,8 @@ def commit_outbox(
         return
     when = now_iso()
     with immediate(db):
-        for message_id in sent:
-            _mark_sent(db, message_id, when)
+        if sent:
+            _mark_sent(db, sent, when)
         db.conn.executemany(
             "INSERT INTO emails (message_id, run_id, subscriber, created_at, status, day, "
             "attempts) VALUES (?, ?, ?, ?, 'pending', ?, 0)",
