@@ -13,12 +13,16 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from helpers import Digest, abs_ids, messages_to, parts
 from standins import ArxivStandin, Paper, SmtpStandin, _SmtpHandler, base_id
+
+from digest.config import Settings
+from digest.pipeline import run_send
 
 PEOPLE = [f"reader{n:02d}@example.org" for n in range(30)]
 REWARD_MODEL = re.compile(r"\brewards?[\s-]+model(s|ing|ling|ed|er|ers)?\b", re.IGNORECASE)
@@ -199,3 +203,34 @@ def test_killed_while_three_connections_send_a_normal_run_finishes_with_nothing_
     # Only emails accepted before the kill but not yet recorded went twice.
     assert {i for i, n in ids.items() if n > 1} <= before & pending
     assert digest.query("SELECT count(*) FROM emails WHERE status != 'sent'") == [(0,)]
+
+
+def test_asked_to_stop_under_the_pool_it_finishes_what_is_in_flight_and_owes_the_rest(
+    digest: Digest,
+) -> None:
+    settings = Settings.from_env(digest.env())
+    settings = replace(
+        settings,
+        db_path=digest.db_path,
+        subscribers_path=digest.csv_path,
+        retry_backoff=0,
+    )
+
+    first = run_send(settings, should_stop=lambda: len(digest.smtp.messages) >= 5)
+
+    assert first.stopped and 0 < first.sent < 30
+    received = {r for m in digest.smtp.messages for r in m.rcpt_tos}
+    assert len(received) == first.sent == len(digest.smtp.messages)  # in flight: finished
+    rows = digest.query("SELECT subscriber, status FROM emails")
+    assert sorted(rows) == sorted((address, "sent") for address in received)  # recorded
+    assert first.left == 30 - first.sent
+    [(status, message)] = digest.query("SELECT status, message FROM runs")
+    assert status == "stopped" and message == f"stopped before {first.left} of 30 subscribers"
+
+    second = run_send(settings)
+
+    assert second.ok and second.sent == 30 - first.sent
+    owed = expected(digest.arxiv.papers)
+    for address in PEOPLE:
+        [message] = messages_to(digest.smtp, address)
+        assert abs_ids(parts(message)[1]) == owed
