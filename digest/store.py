@@ -356,29 +356,6 @@ def is_suppressed(db: sqlite_utils.Database, subscriber_key: str) -> bool:
 # Deliveries, emails, runs ---------------------------------------------------------------------
 
 
-def last_sent(db: sqlite_utils.Database, subscriber_key: str) -> datetime | None:
-    """When the mail server last accepted an email for this subscriber."""
-    row = db.execute(
-        "SELECT max(sent_at) FROM emails WHERE subscriber = ? AND status = 'sent'",
-        [subscriber_key],
-    ).fetchone()
-    return datetime.fromisoformat(row[0]) if row and row[0] else None
-
-
-def delivered_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
-    wanted = list(ids)
-    delivered: set[str] = set()
-    for chunk_start in range(0, len(wanted), 500):
-        chunk = wanted[chunk_start : chunk_start + 500]
-        marks = ",".join("?" * len(chunk))
-        rows = db.execute(
-            f"SELECT paper_id FROM deliveries WHERE subscriber = ? AND paper_id IN ({marks})",
-            [subscriber_key, *chunk],
-        ).fetchall()
-        delivered.update(row[0] for row in rows)
-    return delivered
-
-
 def start_run(db: sqlite_utils.Database, kind: str) -> int:
     with immediate(db):
         table = db["runs"].insert({"kind": kind, "started_at": now_iso(), "status": "running"})
@@ -405,32 +382,6 @@ def close_interrupted_runs(db: sqlite_utils.Database) -> int:
 def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **counts: object) -> None:
     with immediate(db):
         db["runs"].update(run_id, {"status": status, "finished_at": now_iso(), **counts})
-
-
-def add_pending_email(
-    db: sqlite_utils.Database,
-    run_id: int,
-    subscriber_key: str,
-    message_id: str,
-    paper_ids: Iterable[str],
-    day: str = "",
-) -> None:
-    """The outbox: the email and the papers it carries, committed before it is sent."""
-    with immediate(db):
-        db["emails"].insert(
-            {
-                "message_id": message_id,
-                "run_id": run_id,
-                "subscriber": subscriber_key,
-                "created_at": now_iso(),
-                "status": "pending",
-                "day": day,
-                "attempts": 0,
-            }
-        )
-        db["email_papers"].insert_all(
-            {"message_id": message_id, "paper_id": paper_id} for paper_id in paper_ids
-        )
 
 
 @dataclass(frozen=True)
@@ -472,25 +423,14 @@ def set_email_papers(db: sqlite_utils.Database, message_id: str, paper_ids: Iter
         )
 
 
-def taken_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
-    """Of `ids`, those delivered to the subscriber or waiting in one of their pending emails."""
-    wanted = set(ids)
-    taken = delivered_ids(db, subscriber_key, wanted)
-    rows = db.execute(
-        "SELECT email_papers.paper_id FROM emails JOIN email_papers USING (message_id) "
-        "WHERE emails.subscriber = ? AND emails.status = 'pending'",
-        [subscriber_key],
-    ).fetchall()
-    return taken | {row[0] for row in rows if row[0] in wanted}
-
-
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
 
 def last_sent_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, datetime]:
-    """`last_sent` for many subscribers at once (those never sent to are left out)."""
+    """When the mail server last accepted an email for each of these subscribers (those never
+    sent to are left out). One query per 500 subscribers."""
     found: dict[str, datetime] = {}
     for chunk in _chunks(list(keys)):
         rows = db.execute(
@@ -505,9 +445,9 @@ def last_sent_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, 
 def taken_many(
     db: sqlite_utils.Database, wanted: Mapping[str, Iterable[str]]
 ) -> dict[str, set[str]]:
-    """`taken_ids` for many subscribers at once: of each subscriber's `wanted` paper ids, those
-    delivered to them, plus the papers waiting in their pending emails. Looks up exactly those
-    (subscriber, paper) pairs, so the cost does not grow with their past deliveries."""
+    """Of each subscriber's `wanted` paper ids, those delivered to them, plus the papers waiting
+    in their pending emails. Looks up exactly those (subscriber, paper) pairs, so the cost does
+    not grow with their past deliveries. Two queries per 500 subscribers."""
     taken: dict[str, set[str]] = {}
     keys = list(wanted)
     for chunk in _chunks(keys):
@@ -532,7 +472,8 @@ def taken_many(
 
 
 def refused_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, set[str]]:
-    """`refused_ids` for many subscribers at once (those with none are left out)."""
+    """Papers of each subscriber's refused emails (deferred or failed) never delivered since:
+    still owed to them, however old (subscribers with none are left out)."""
     refused: dict[str, set[str]] = {}
     for chunk in _chunks(list(keys)):
         rows = db.execute(
@@ -549,19 +490,6 @@ def refused_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, se
     return refused
 
 
-def refused_ids(db: sqlite_utils.Database, subscriber_key: str) -> set[str]:
-    """Papers of the subscriber's refused emails (deferred or failed) never delivered since:
-    still owed to them, however old."""
-    rows = db.execute(
-        "SELECT DISTINCT email_papers.paper_id FROM emails JOIN email_papers USING (message_id) "
-        "WHERE emails.subscriber = ? AND emails.status IN ('deferred', 'failed') "
-        "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.subscriber = emails.subscriber "
-        "AND deliveries.paper_id = email_papers.paper_id)",
-        [subscriber_key],
-    ).fetchall()
-    return {row[0] for row in rows}
-
-
 def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error: str) -> None:
     """One try at the mail server that did not end in a 250 (the email stays pending)."""
     with immediate(db):
@@ -572,13 +500,9 @@ def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error:
         )
 
 
-def mark_sent(db: sqlite_utils.Database, message_id: str) -> None:
-    """The server accepted the email: it and its papers are delivered, in one transaction."""
-    with immediate(db):
-        _mark_sent(db, [message_id], now_iso())
-
-
 def _mark_sent(db: sqlite_utils.Database, message_ids: list[str], when: str) -> None:
+    """The server accepted these emails: they and their papers are delivered (inside the
+    caller's transaction)."""
     conn = db.conn
     conn.executemany(
         "UPDATE emails SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
