@@ -74,7 +74,7 @@ class Settings:
             smtp_password=reader.get("SMTP_PASSWORD", str, None, secret=True),
             smtp_timeout=reader.get("SMTP_TIMEOUT", _positive(float), cls.smtp_timeout),
             from_addr=reader.get("FROM", str, None),
-            smtp_connections=reader.get("SMTP_CONNECTIONS", _positive(int), cls.smtp_connections),
+            smtp_connections=reader.get("SMTP_CONNECTIONS", _connections, cls.smtp_connections),
             smtp_rate=reader.get("SMTP_RATE", _non_negative(float), cls.smtp_rate),
             send_at=reader.get("SEND_AT", _clock, cls.send_at),
             timezone=reader.get("TIMEZONE", _zone, cls.timezone),
@@ -181,6 +181,20 @@ def _page_size(raw: str) -> int:
     if not 0 < size <= 2000:
         raise ValueError("use a whole number from 1 to 2000 (arXiv's largest page)")
     return size
+
+
+MAX_SMTP_CONNECTIONS = 16
+
+
+def _connections(raw: str) -> int:
+    what = f"use a whole number from 1 to {MAX_SMTP_CONNECTIONS}"
+    try:
+        count = int(raw)
+    except ValueError:
+        raise ValueError(what) from None
+    if not 0 < count <= MAX_SMTP_CONNECTIONS:
+        raise ValueError(what)
+    return count
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:

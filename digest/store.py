@@ -148,12 +148,18 @@ def _m_suppressions(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m_run_timings(db: sqlite_utils.Database) -> None:
+    """How long each stage of a `digest send` took (JSON, see `pipeline.Timings`)."""
+    db["runs"].add_column("timings", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
     _m_daemon_heartbeat,
     _m_trending_upvotes,
     _m_suppressions,
+    _m_run_timings,
 ]
 
 
@@ -350,29 +356,6 @@ def is_suppressed(db: sqlite_utils.Database, subscriber_key: str) -> bool:
 # Deliveries, emails, runs ---------------------------------------------------------------------
 
 
-def last_sent(db: sqlite_utils.Database, subscriber_key: str) -> datetime | None:
-    """When the mail server last accepted an email for this subscriber."""
-    row = db.execute(
-        "SELECT max(sent_at) FROM emails WHERE subscriber = ? AND status = 'sent'",
-        [subscriber_key],
-    ).fetchone()
-    return datetime.fromisoformat(row[0]) if row and row[0] else None
-
-
-def delivered_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
-    wanted = list(ids)
-    delivered: set[str] = set()
-    for chunk_start in range(0, len(wanted), 500):
-        chunk = wanted[chunk_start : chunk_start + 500]
-        marks = ",".join("?" * len(chunk))
-        rows = db.execute(
-            f"SELECT paper_id FROM deliveries WHERE subscriber = ? AND paper_id IN ({marks})",
-            [subscriber_key, *chunk],
-        ).fetchall()
-        delivered.update(row[0] for row in rows)
-    return delivered
-
-
 def start_run(db: sqlite_utils.Database, kind: str) -> int:
     with immediate(db):
         table = db["runs"].insert({"kind": kind, "started_at": now_iso(), "status": "running"})
@@ -399,32 +382,6 @@ def close_interrupted_runs(db: sqlite_utils.Database) -> int:
 def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **counts: object) -> None:
     with immediate(db):
         db["runs"].update(run_id, {"status": status, "finished_at": now_iso(), **counts})
-
-
-def add_pending_email(
-    db: sqlite_utils.Database,
-    run_id: int,
-    subscriber_key: str,
-    message_id: str,
-    paper_ids: Iterable[str],
-    day: str = "",
-) -> None:
-    """The outbox: the email and the papers it carries, committed before it is sent."""
-    with immediate(db):
-        db["emails"].insert(
-            {
-                "message_id": message_id,
-                "run_id": run_id,
-                "subscriber": subscriber_key,
-                "created_at": now_iso(),
-                "status": "pending",
-                "day": day,
-                "attempts": 0,
-            }
-        )
-        db["email_papers"].insert_all(
-            {"message_id": message_id, "paper_id": paper_id} for paper_id in paper_ids
-        )
 
 
 @dataclass(frozen=True)
@@ -466,29 +423,71 @@ def set_email_papers(db: sqlite_utils.Database, message_id: str, paper_ids: Iter
         )
 
 
-def taken_ids(db: sqlite_utils.Database, subscriber_key: str, ids: Iterable[str]) -> set[str]:
-    """Of `ids`, those delivered to the subscriber or waiting in one of their pending emails."""
-    wanted = set(ids)
-    taken = delivered_ids(db, subscriber_key, wanted)
-    rows = db.execute(
-        "SELECT email_papers.paper_id FROM emails JOIN email_papers USING (message_id) "
-        "WHERE emails.subscriber = ? AND emails.status = 'pending'",
-        [subscriber_key],
-    ).fetchall()
-    return taken | {row[0] for row in rows if row[0] in wanted}
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
-def refused_ids(db: sqlite_utils.Database, subscriber_key: str) -> set[str]:
-    """Papers of the subscriber's refused emails (deferred or failed) never delivered since:
-    still owed to them, however old."""
-    rows = db.execute(
-        "SELECT DISTINCT email_papers.paper_id FROM emails JOIN email_papers USING (message_id) "
-        "WHERE emails.subscriber = ? AND emails.status IN ('deferred', 'failed') "
-        "AND NOT EXISTS (SELECT 1 FROM deliveries WHERE deliveries.subscriber = emails.subscriber "
-        "AND deliveries.paper_id = email_papers.paper_id)",
-        [subscriber_key],
-    ).fetchall()
-    return {row[0] for row in rows}
+def last_sent_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, datetime]:
+    """When the mail server last accepted an email for each of these subscribers (those never
+    sent to are left out). One query per 500 subscribers."""
+    found: dict[str, datetime] = {}
+    for chunk in _chunks(list(keys)):
+        rows = db.execute(
+            "SELECT subscriber, max(sent_at) FROM emails WHERE status = 'sent' "
+            f"AND subscriber IN ({','.join('?' * len(chunk))}) GROUP BY subscriber",
+            chunk,
+        ).fetchall()
+        found.update((key, datetime.fromisoformat(when)) for key, when in rows if when)
+    return found
+
+
+def taken_many(
+    db: sqlite_utils.Database, wanted: Mapping[str, Iterable[str]]
+) -> dict[str, set[str]]:
+    """Of each subscriber's `wanted` paper ids, those delivered to them, plus the papers waiting
+    in their pending emails. Looks up exactly those (subscriber, paper) pairs, so the cost does
+    not grow with their past deliveries. Two queries per 500 subscribers."""
+    taken: dict[str, set[str]] = {}
+    keys = list(wanted)
+    for chunk in _chunks(keys):
+        pairs = json.dumps({key: list(wanted[key]) for key in chunk})  # {subscriber: [ids]}
+        rows = db.execute(
+            "SELECT deliveries.subscriber, deliveries.paper_id "
+            "FROM json_each(?) AS person CROSS JOIN json_each(person.value) AS paper "
+            "CROSS JOIN deliveries ON deliveries.subscriber = person.key "
+            "AND deliveries.paper_id = paper.value",
+            [pairs],
+        ).fetchall()
+        rows += db.execute(
+            "SELECT emails.subscriber, email_papers.paper_id FROM emails "
+            "JOIN email_papers USING (message_id) "
+            f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
+            "AND emails.status = 'pending'",
+            chunk,
+        ).fetchall()
+        for key, paper_id in rows:
+            taken.setdefault(key, set()).add(paper_id)
+    return taken
+
+
+def refused_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, set[str]]:
+    """Papers of each subscriber's refused emails (deferred or failed) never delivered since:
+    still owed to them, however old (subscribers with none are left out)."""
+    refused: dict[str, set[str]] = {}
+    for chunk in _chunks(list(keys)):
+        rows = db.execute(
+            "SELECT DISTINCT emails.subscriber, email_papers.paper_id FROM emails "
+            "JOIN email_papers USING (message_id) "
+            f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
+            "AND emails.status IN ('deferred', 'failed') AND NOT EXISTS (SELECT 1 FROM "
+            "deliveries WHERE deliveries.subscriber = emails.subscriber "
+            "AND deliveries.paper_id = email_papers.paper_id)",
+            chunk,
+        ).fetchall()
+        for key, paper_id in rows:
+            refused.setdefault(key, set()).add(paper_id)
+    return refused
 
 
 def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error: str) -> None:
@@ -501,26 +500,77 @@ def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error:
         )
 
 
-def mark_sent(db: sqlite_utils.Database, message_id: str) -> None:
-    """The server accepted the email: it and its papers are delivered, in one transaction."""
+def _mark_sent(db: sqlite_utils.Database, message_ids: list[str], when: str) -> None:
+    """The server accepted these emails: they and their papers are delivered (inside the
+    caller's transaction)."""
+    conn = db.conn
+    conn.executemany(
+        "UPDATE emails SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
+        "last_attempt_at = ?, last_code = 250, error = NULL WHERE message_id = ?",
+        [(when, when, message_id) for message_id in message_ids],
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, message_id, delivered_at) "
+        "SELECT emails.subscriber, email_papers.paper_id, emails.message_id, ? "
+        "FROM emails JOIN email_papers USING (message_id) WHERE emails.message_id = ?",
+        [(when, message_id) for message_id in message_ids],
+    )
+    conn.executemany(
+        "UPDATE mailboxes SET permanent_failures = 0 WHERE subscriber = "
+        "(SELECT subscriber FROM emails WHERE message_id = ?)",
+        [(message_id,) for message_id in message_ids],
+    )
+
+
+@dataclass(frozen=True)
+class NewEmail:
+    """An email for the outbox: committed as pending before it is handed to a sender."""
+
+    subscriber: str
+    message_id: str
+    paper_ids: tuple[str, ...]
+    day: str
+
+
+def commit_outbox(
+    db: sqlite_utils.Database,
+    run_id: int,
+    new: Iterable[NewEmail] = (),
+    sent: Iterable[str] = (),
+) -> None:
+    """In one transaction (one fsync): the emails the server accepted (`sent` Message-IDs) are
+    marked sent with their deliveries, and the `new` emails enter the outbox as pending."""
+    sent, new = list(sent), list(new)
+    if not sent and not new:
+        return
     when = now_iso()
     with immediate(db):
-        db.execute(
-            "UPDATE emails SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-            "last_attempt_at = ?, last_code = 250, error = NULL WHERE message_id = ?",
-            [when, when, message_id],
+        if sent:
+            _mark_sent(db, sent, when)
+        db.conn.executemany(
+            "INSERT INTO emails (message_id, run_id, subscriber, created_at, status, day, "
+            "attempts) VALUES (?, ?, ?, ?, 'pending', ?, 0)",
+            [(e.message_id, run_id, e.subscriber, when, e.day) for e in new],
         )
-        db.execute(
-            "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, message_id, delivered_at) "
-            "SELECT emails.subscriber, email_papers.paper_id, emails.message_id, ? "
-            "FROM emails JOIN email_papers USING (message_id) WHERE emails.message_id = ?",
-            [when, message_id],
+        db.conn.executemany(
+            "INSERT INTO email_papers (message_id, paper_id) VALUES (?, ?)",
+            [(e.message_id, paper_id) for e in new for paper_id in e.paper_ids],
         )
-        db.execute(
-            "UPDATE mailboxes SET permanent_failures = 0 WHERE subscriber = "
-            "(SELECT subscriber FROM emails WHERE message_id = ?)",
-            [message_id],
-        )
+
+
+def withdraw_pending(db: sqlite_utils.Database, message_ids: Iterable[str]) -> None:
+    """Forget pending emails that were never handed to the mail server (a stopped run): their
+    papers are simply still owed."""
+    ids = list(message_ids)
+    if not ids:
+        return
+    with immediate(db):
+        for message_id in ids:
+            db.execute("DELETE FROM email_papers WHERE message_id = ?", [message_id])
+            db.execute(
+                "DELETE FROM emails WHERE message_id = ? AND status = 'pending' AND attempts = 0",
+                [message_id],
+            )
 
 
 def mark_deferred(db: sqlite_utils.Database, message_id: str, error: str) -> None:
@@ -666,7 +716,11 @@ def daemon_row(db: sqlite_utils.Database) -> dict[str, object] | None:
 
 
 def recent_runs(db: sqlite_utils.Database, limit: int) -> list[dict[str, object]]:
-    return list(db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit]))
+    """The latest runs, newest first; `timings` decoded (None for runs that have none)."""
+    runs = list(db.query("SELECT * FROM runs ORDER BY id DESC LIMIT ?", [limit]))
+    for run in runs:
+        run["timings"] = json.loads(str(run["timings"])) if run.get("timings") else None
+    return runs
 
 
 def failed_emails(db: sqlite_utils.Database, run_ids: Iterable[int]) -> list[dict[str, object]]:

@@ -158,6 +158,7 @@ def test_kill_while_sending_then_a_normal_run_finishes_with_nothing_lost(
 ) -> None:
     gate = Gate(stage, n)
     gate_smtp(digest.smtp, gate)
+    digest.extra_env["DIGEST_SMTP_CONNECTIONS"] = "1"  # one connection: a known order
     process = start(digest, "send")
     assert gate.reached.wait(WAIT), process.communicate()
 

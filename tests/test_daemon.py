@@ -181,6 +181,7 @@ def test_sigterm_while_sending_finishes_that_email_records_it_and_exits_0(
 ) -> None:
     zone, local = zone_away_from_midnight(timedelta(0))
     send_at = (local - timedelta(minutes=5)).strftime("%H:%M")
+    digest.extra_env["DIGEST_SMTP_CONNECTIONS"] = "1"  # one connection: one email in flight
     gate = threading.Event()
     digest.smtp.data_gate = gate
     try:
@@ -244,6 +245,7 @@ def test_a_daemon_killed_mid_email_leaves_it_pending_and_status_shows_it_owed(
     digest: Digest, daemons: list[Daemon]
 ) -> None:
     zone, _ = zone_away_from_midnight(timedelta(0))
+    digest.extra_env["DIGEST_SMTP_CONNECTIONS"] = "1"  # one connection: one email in flight
     gate = threading.Event()
     digest.smtp.data_gate = gate
     try:
