@@ -478,6 +478,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run 10 and 10,000 subscribers with the same keywords; print both request counts",
     )
+    parser.add_argument(
+        "--shared-cpus",
+        action="store_true",
+        help="let the mail server share every CPU with digest (default: the server gets the "
+        "last CPU to itself and digest, the bare client and the stand-in the others, as when "
+        "the mail server is another machine)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args(argv)
@@ -494,6 +501,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in machine() + features():
         print(line)
 
+    server_cpus = None
+    cpus = sorted(os.sched_getaffinity(0))
+    if not args.shared_cpus and len(cpus) >= 2:
+        server_cpus = {cpus[-1]}
+        os.sched_setaffinity(0, set(cpus[:-1]))  # inherited by `digest send`
+        print(f"CPUs: mail server on {sorted(server_cpus)}, everything else on {cpus[:-1]}")
+    else:
+        print(f"CPUs: mail server and everything else share {cpus}")
+
     seeds = data.find_seeds(args.seeds)
     base, source = data.base_papers(seeds)
     papers = data.make_papers_list(base, args.papers, WINDOW_HOURS)
@@ -505,7 +521,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
     runs: list[Run] = []
     try:
-        with TimedArxiv(papers) as arxiv, SmtpSink() as sink:
+        with TimedArxiv(papers) as arxiv, SmtpSink(server_cpus) as sink:
             if args.requests_check:
                 return requests_check(work, keywords, arxiv, sink, args.connections)
             rows = data.subscriber_rows(args.subscribers, keywords)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import socket
 import time
 from typing import Any
@@ -53,8 +54,13 @@ class _Counter:
         }
 
 
-def _serve(port: int, control: multiprocessing.connection.Connection) -> None:
+def _serve(
+    port: int, control: multiprocessing.connection.Connection, cpus: set[int] | None = None
+) -> None:
     from aiosmtpd.controller import Controller
+
+    if cpus:
+        os.sched_setaffinity(0, cpus)
 
     counter = _Counter()
     controller = Controller(
@@ -84,11 +90,12 @@ def _serve(port: int, control: multiprocessing.connection.Connection) -> None:
 class SmtpSink:
     """``with SmtpSink() as sink:`` an SMTP server on ``sink.host``:``sink.port``."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpus: set[int] | None = None) -> None:
+        """`cpus`: the only CPUs the server may run on (None: any)."""
         self.host, self.port = HOST, free_port()
         context = multiprocessing.get_context("spawn")
         self._control, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(self.port, child), daemon=True)
+        self._process = context.Process(target=_serve, args=(self.port, child, cpus), daemon=True)
 
     def __enter__(self) -> SmtpSink:
         self._process.start()

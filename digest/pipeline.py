@@ -734,7 +734,8 @@ class _Outbox:
             self.note(Outcome(person.email, "nothing-new"))
             return
         started = time.perf_counter()
-        rendered = self._render(digest)
+        link = self._unsubscribe_link(person)
+        rendered = self._render(digest, link)
         if rendered is None:
             return
         message_id = new_message_id(self.sender)
@@ -744,7 +745,7 @@ class _Outbox:
             to=person.email,
             message_id=message_id,
             when=now,
-            unsubscribe_url=self._unsubscribe_link(person),
+            unsubscribe_url=link,
         )
         self._built(started, data)
         if self.dry_run:
@@ -788,7 +789,8 @@ class _Outbox:
         if self.settings.trending is not None:  # with the trending list stored for its day
             board = trending_stage.load(self.db, digest.day)
             digest = trending_stage.decorate(digest, board, self.settings.trending_top)
-        rendered = self._render(digest) if digest.entries else None
+        link = self._unsubscribe_link(person)
+        rendered = self._render(digest, link) if digest.entries else None
         if rendered is None or not rendered.paper_ids:
             if not digest.entries:  # its papers no longer match the subscriber's keywords
                 store.mark_cancelled(
@@ -803,7 +805,7 @@ class _Outbox:
             to=person.email,
             message_id=pending.message_id,
             when=now,
-            unsubscribe_url=self._unsubscribe_link(person),
+            unsubscribe_url=link,
         )
         self._built(started, data)
         count = len(rendered.paper_ids)
@@ -827,10 +829,10 @@ class _Outbox:
             return unsubscribe_url(self.settings.public_url, self.settings.secret, person.key)
         return None
 
-    def _render(self, digest: Digest) -> RenderedEmail | None:
+    def _render(self, digest: Digest, unsubscribe_link: str | None) -> RenderedEmail | None:
         person = digest.subscriber
         try:
-            rendered = self.renderer.render(digest, self._unsubscribe_link(person))
+            rendered = self.renderer.render(digest, unsubscribe_link)
         except Exception as exc:  # a template or data bug must skip one subscriber, not the run
             log.exception("rendering the digest for %s failed", person.email)
             detail = f"could not render the email: {exc!r}"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from email.utils import parseaddr
-from functools import cache, lru_cache, partial
+from functools import cache, cached_property, lru_cache, partial
 from importlib import resources
 from pathlib import Path
 
@@ -375,6 +375,14 @@ class _Piece:
     text: str
     text_compact: str
 
+    @cached_property
+    def html_size(self) -> int:
+        return len(self.html.encode())
+
+    @cached_property
+    def html_compact_size(self) -> int:
+        return len(self.html_compact.encode())
+
 
 # A layout: literal strings, values (name, encoder), paper slots ("P": the next section's
 # papers) and the compact slot ("C").
@@ -385,6 +393,11 @@ _Part = tuple[str, str, Callable[[str], str] | None]
 class _Layout:
     html: tuple[_Part, ...]
     text: tuple[_Part, ...]
+
+    @cached_property
+    def html_sizes(self) -> tuple[int, ...]:
+        """Bytes of each literal part of the HTML (0 for the others)."""
+        return tuple(len(text.encode()) if kind == "lit" else 0 for kind, text, _ in self.html)
 
 
 def _parse(source: str, *, html: bool) -> tuple[_Part, ...]:
@@ -489,15 +502,15 @@ class Renderer:
             self._render_pieces(missing)
         pieces = [self._pieces[k] for k in keys]
         by_id = {entry.paper.id: piece for entry, piece in zip(entries, pieces, strict=True)}
-        built: dict[tuple[int, int], tuple[str, str, tuple[object, ...]]] = {}
 
-        def build(full: int, shown: int) -> tuple[str, str, tuple[object, ...]]:
-            if (full, shown) not in built:
-                built[full, shown] = self._join(digest, by_id, full, shown, unsubscribe_url)
-            return built[full, shown]
+        def size(full: int, shown: int) -> int:  # of the HTML in bytes, without building it
+            _, layout, values, slots = self._shape(digest, by_id, full, shown, unsubscribe_url)
+            return _measure(layout, values, slots)
 
-        full, shown = _fit(lambda f, s: len(build(f, s)[0].encode()), len(entries), self.budget)
-        html, text, layout_key = build(full, shown)
+        full, shown = _fit(size, len(entries), self.budget)
+        layout_key, layout, values, slots = self._shape(digest, by_id, full, shown, unsubscribe_url)
+        html = _fill(layout.html, values, slots, lambda p: p.html, lambda p: p.html_compact)
+        text = _fill(layout.text, values, slots, lambda p: p.text, lambda p: p.text_compact)
         return _email(digest, html, text, full, shown), layout_key
 
     @staticmethod
@@ -512,14 +525,16 @@ class Renderer:
             upvotes,
         )
 
-    def _join(
+    def _shape(
         self,
         digest: Digest,
         pieces: dict[str, _Piece],
         full: int,
         shown: int,
         unsubscribe_url: str | None,
-    ) -> tuple[str, str, tuple[object, ...]]:
+    ) -> tuple[tuple[object, ...], _Layout, dict[str, str], dict[str, list[list[_Piece]]]]:
+        """The layout, values and pieces of the email showing the first `shown` entries, the
+        first `full` of them in full."""
         sections, compact = _split(digest, full, shown)
         strings = _strings(digest, shown, self.sender)
         values = {name: strings[name] for name in _VALUES}
@@ -541,9 +556,7 @@ class Renderer:
             "P": [[pieces[e.paper.id] for e in found] for _, found in sections],
             "C": [[pieces[e.paper.id] for e in compact]],
         }
-        html = _fill(layout.html, values, slots, lambda p: p.html, lambda p: p.html_compact)
-        text = _fill(layout.text, values, slots, lambda p: p.text, lambda p: p.text_compact)
-        return html, text, layout_key
+        return layout_key, layout, values, slots
 
     def _layout(self, key: tuple[object, ...]) -> _Layout:
         if key not in self._layouts:
@@ -674,3 +687,22 @@ def _fill(
             pick = whole if kind == "P" else compact
             out.extend(pick(piece) for piece in pieces)
     return "".join(out)
+
+
+def _measure(layout: _Layout, values: dict[str, str], slots: dict[str, list[list[_Piece]]]) -> int:
+    """The size in bytes of the HTML `_fill` would join, without joining it."""
+    total = 0
+    used = {"P": 0, "C": 0}
+    for (kind, name, encoder), size in zip(layout.html, layout.html_sizes, strict=True):
+        if kind == "lit":
+            total += size
+        elif kind == "val":
+            assert encoder is not None
+            total += len(encoder(values[name]).encode())
+        elif kind == "P":
+            total += sum(piece.html_size for piece in slots[kind][used[kind]])
+            used[kind] += 1
+        else:
+            total += sum(piece.html_compact_size for piece in slots[kind][used[kind]])
+            used[kind] += 1
+    return total
