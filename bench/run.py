@@ -104,6 +104,7 @@ class Run:
     smtp_connections_seen: int = 0
     wall_s: float = 0.0
     peak_rss_mb: float = 0.0
+    cpu_s: float = 0.0
     avg_email_kb: float = 0.0
     timings: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
@@ -218,6 +219,7 @@ def run_once(
     ended = time.time()
     run.wall_s = ended - started
     run.peak_rss_mb = usage.ru_maxrss / 1024  # KiB on Linux
+    run.cpu_s = usage.ru_utime + usage.ru_stime
     if proc.returncode != 0:
         tail = (home / "send.err").read_text(errors="replace")[-2000:]
         raise SystemExit(f"`digest send` exited with {proc.returncode} in {home}:\n{tail}")
@@ -424,6 +426,7 @@ def table(runs: Sequence[Run], connections: int) -> list[str]:
             "",
             f"{first.smtp_connections_seen} SMTP connection(s) used by digest send",
         ),
+        ("CPU time of digest send (s)", lambda r: r.cpu_s, ".1f", "", "user + system, all threads"),
         ("total wall time (s)", lambda r: r.wall_s, ".1f", "", "the `digest send` process"),
         (
             "peak memory (MB)",
