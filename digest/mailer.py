@@ -10,7 +10,7 @@ import smtplib
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
@@ -133,14 +133,9 @@ def _wire_safe(line: bytes) -> bytes:
         line = line[cut:]
 
 
-def quoted_printable(text: str) -> bytes:
-    """`text` as utf-8 quoted-printable body lines, CRLF-ended, each at most 76 characters
-    (binascii's C encoder; lines normalised as the email package does, ending in a newline)."""
-    data = text.encode("utf-8")
-    if b"\r" in data:
-        data = b"\n".join(data.splitlines()) + b"\n"
-    elif not data.endswith(b"\n"):
-        data += b"\n"
+def _qp(data: bytes) -> bytes:
+    """`data` as quoted-printable lines ending in LF (binascii's C encoder), each at most 76
+    characters, none starting with "." or "From "."""
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
     if encoded.startswith((b".", b"From ")):
         encoded = (b"=2E" if encoded[:1] == b"." else b"=46") + encoded[1:]
@@ -151,6 +146,50 @@ def quoted_printable(text: str) -> bytes:
         encoded = b"\n".join(
             _wire_safe(line) if len(line) > MAX_QP_LINE else line for line in lines
         )
+    return encoded
+
+
+def quoted_printable(text: str) -> bytes:
+    """`text` as utf-8 quoted-printable body lines, CRLF-ended, each at most 76 characters
+    (binascii's C encoder; lines normalised as the email package does, ending in a newline)."""
+    data = text.encode("utf-8")
+    if b"\r" in data:
+        data = b"\n".join(data.splitlines()) + b"\n"
+    elif not data.endswith(b"\n"):
+        data += b"\n"
+    return _qp(data).replace(b"\n", b"\r\n")
+
+
+@lru_cache(maxsize=8192)
+def _qp_part(part: str) -> bytes:
+    """One part of a body, starting at a line start, encoded so that the next part starts at
+    a line start too: ended by a soft line break ("=" at the end of a line) unless it ends a
+    line itself. Cached: a run's paper blocks and layouts are in many emails."""
+    encoded = _qp(part.encode("utf-8"))
+    if not encoded or encoded.endswith(b"\n"):
+        return encoded
+    start = encoded.rfind(b"\n") + 1
+    last = encoded[start:]
+    if len(last) < MAX_QP_LINE:
+        return encoded + b"=\n"
+    cut = MAX_QP_LINE - 1  # room for the "=", never inside an =XX escape
+    while b"=" in last[cut - 2 : cut]:
+        cut -= 1
+    rest = last[cut:]
+    if rest[:1] == b".":
+        rest = b"=2E" + rest[1:]
+    return encoded[:start] + last[:cut] + b"=\n" + rest + b"=\n"
+
+
+def quoted_printable_parts(parts: Sequence[str]) -> bytes:
+    """What `quoted_printable("".join(parts))` decodes to, each part encoded once per run:
+    a quoted-printable line may end with a soft break anywhere, so the parts' encodings can be
+    joined (the lines break at other places than the whole text's encoding would)."""
+    if not parts or any("\r" in part for part in parts):
+        return quoted_printable("".join(parts))
+    encoded = b"".join(_qp_part(part) for part in parts if part)
+    if encoded.endswith(b"=\n"):  # the body ends with a newline, as the email package's does
+        encoded = encoded[:-2] + b"\n"
     return encoded.replace(b"\n", b"\r\n")
 
 
@@ -194,10 +233,14 @@ def message_bytes(
             *head,
             b"--" + boundary + b"\r\n",
             part % b"plain",
-            quoted_printable(rendered.text),
+            quoted_printable_parts(rendered.text_parts)
+            if rendered.text_parts
+            else quoted_printable(rendered.text),
             b"\r\n--" + boundary + b"\r\n",
             part % b"html",
-            quoted_printable(rendered.html),
+            quoted_printable_parts(rendered.html_parts)
+            if rendered.html_parts
+            else quoted_printable(rendered.html),
             b"\r\n--" + boundary + b"--\r\n",
         ]
     )

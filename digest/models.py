@@ -128,3 +128,7 @@ class RenderedEmail:
     paper_ids: tuple[str, ...]  # exactly the papers the email shows: what "delivered" records
     full_entries: int = 0  # how many entries are shown in full (the rest compactly)
     deferred: tuple[str, ...] = field(default=())  # owed papers left for the next email
+    # The html and text as the parts they were joined from (when they were): the mailer
+    # encodes each part once per run. Not part of what the email is.
+    html_parts: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    text_parts: tuple[str, ...] = field(default=(), compare=False, repr=False)

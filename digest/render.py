@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from email.utils import parseaddr
 from functools import cache, cached_property, lru_cache, partial
@@ -511,7 +511,8 @@ class Renderer:
         layout_key, layout, values, slots = self._shape(digest, by_id, full, shown, unsubscribe_url)
         html = _fill(layout.html, values, slots, lambda p: p.html, lambda p: p.html_compact)
         text = _fill(layout.text, values, slots, lambda p: p.text, lambda p: p.text_compact)
-        return _email(digest, html, text, full, shown), layout_key
+        email = _email(digest, "".join(html), "".join(text), full, shown)
+        return replace(email, html_parts=tuple(html), text_parts=tuple(text)), layout_key
 
     @staticmethod
     def _key(digest: Digest, entry: Entry) -> tuple[object, ...]:
@@ -672,7 +673,8 @@ def _fill(
     slots: dict[str, list[list[_Piece]]],
     whole: Callable[[_Piece], str],
     compact: Callable[[_Piece], str],
-) -> str:
+) -> list[str]:
+    """The parts of one email's HTML or text, in order: literals, values, pieces."""
     out: list[str] = []
     used = {"P": 0, "C": 0}
     for kind, name, encoder in parts:
@@ -686,7 +688,7 @@ def _fill(
             used[kind] += 1
             pick = whole if kind == "P" else compact
             out.extend(pick(piece) for piece in pieces)
-    return "".join(out)
+    return out
 
 
 def _measure(layout: _Layout, values: dict[str, str], slots: dict[str, list[list[_Piece]]]) -> int:

@@ -66,6 +66,32 @@ def rendered(subject: str, text: str = HOSTILE_TEXT, html: str = HOSTILE_HTML) -
     return RenderedEmail(subject=subject, html=html, text=text, paper_ids=("2401.00001",))
 
 
+def cut(text: str, sizes: tuple[int, ...] = (1, 75, 76, 77, 0, 3, 150, 40, 74)) -> list[str]:
+    """`text` in parts of awkward sizes (empty ones too), as an assembled email is joined."""
+    out, at, n = [], 0, 0
+    while at < len(text):
+        size = sizes[n % len(sizes)]
+        out.append(text[at : at + size])
+        at, n = at + size, n + 1
+    return out
+
+
+def joined(text: str, html: str, text_sizes: tuple[int, ...] | None = None) -> RenderedEmail:
+    """An email whose bodies come as parts, each quoted-printable encoded on its own."""
+    text_parts = cut(text, text_sizes) if text_sizes else cut(text)
+    return RenderedEmail(
+        subject="Joined",
+        html=html,
+        text=text,
+        paper_ids=("2401.00001",),
+        html_parts=tuple(cut(html)),
+        text_parts=tuple(text_parts),
+    )
+
+
+PLAIN_TEXT = HOSTILE_TEXT.replace("\r\n", "\n").replace("\r", "\n")
+
+
 CASES = {
     "plain": (rendered("arXiv digest 29 Nov 2026: 3 new papers on reward model"), {}),
     "long-subject": (
@@ -88,6 +114,24 @@ CASES = {
     ),
     "odd-recipient": (rendered("Subject"), {"to": "Ada Lovelace <ADA+digest@Example.org>"}),
     "empty-bodies": (rendered("Subject", text="", html=""), {}),
+    # Assembled emails: each part (a paper block, a layout's literal text) encoded once.
+    "joined-from-parts": (joined(PLAIN_TEXT, HOSTILE_HTML), {}),
+    "joined-parts-ending-lines": (
+        joined(PLAIN_TEXT + "end\n", HOSTILE_HTML + " \n.", (11, 1, 76, 2)),
+        {},
+    ),
+    "joined-with-carriage-returns": (joined(HOSTILE_TEXT, HOSTILE_HTML + "\r\n"), {}),
+    "joined-full-lines": (  # a part filling its last line; the next starting with a dot
+        RenderedEmail(
+            subject="Joined",
+            html="x" * 75 + "." + ".From y" + "z" * 74 + "=" + "q",
+            text="t",
+            paper_ids=("2401.00001",),
+            html_parts=("x" * 75 + ".", ".From y", "z" * 74 + "=", "q"),
+            text_parts=("t",),
+        ),
+        {},
+    ),
 }
 
 
