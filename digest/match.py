@@ -130,19 +130,27 @@ def plan_digest(
             return False
         return since is None or papers[paper_id].published >= since
 
+    # This runs once per subscriber per run: kept to plain loops and dict look-ups.
+    categories = subscriber.categories
     entries: dict[str, Entry] = {}
     for keyword in subscriber.keywords:
-        for paper_id, (title_spans, abstract_spans) in hits.get(keyword.casefold(), {}).items():
-            if not owed(paper_id) or paper_id in excluded:
+        found = hits.get(keyword.casefold())
+        if not found:
+            continue
+        for paper_id, (title_spans, abstract_spans) in found.items():
+            if paper_id in excluded or paper_id in delivered:
                 continue
-            if subscriber.categories and not in_categories(papers[paper_id], subscriber.categories):
+            paper = papers.get(paper_id)
+            if paper is None or (since is not None and paper.published < since):
+                continue
+            if categories and not in_categories(paper, categories):
                 continue
             known = entries.get(paper_id)
             if known is None:
-                entries[paper_id] = Entry(papers[paper_id], (keyword,), title_spans, abstract_spans)
+                entries[paper_id] = Entry(paper, (keyword,), title_spans, abstract_spans)
             else:
                 entries[paper_id] = Entry(
-                    known.paper,
+                    paper,
                     (*known.keywords, keyword),
                     merge_spans(known.title_spans, title_spans),
                     merge_spans(known.abstract_spans, abstract_spans),
@@ -160,13 +168,20 @@ def plan_digest(
                     known.abstract_spans,
                     (*known.authors, author),
                 )
+    by_heading: dict[str, list[Entry]] = {}
+    for entry in entries.values():
+        by_heading.setdefault(entry.section, []).append(entry)
     sections = []
     for heading in (*subscriber.keywords, AUTHORS_SECTION):
-        in_section = [e for e in entries.values() if e.section == heading]
+        in_section = by_heading.get(heading)
         if in_section:
-            in_section.sort(key=lambda e: (e.paper.published, e.paper.id), reverse=True)
+            in_section.sort(key=_newest_first, reverse=True)
             sections.append(Section(heading, tuple(in_section)))
     return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
+
+
+def _newest_first(entry: Entry) -> tuple[datetime, str]:
+    return entry.paper.published, entry.paper.id
 
 
 WEEK = timedelta(days=7)
