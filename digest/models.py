@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 
 Span = tuple[int, int]
 """A [start, end) character range of a text: a highlighted match."""
@@ -111,11 +112,11 @@ class Digest:
     trending: tuple[TrendingPaper, ...] = ()  # the "Trending today" section, most upvoted first
     upvotes: Mapping[str, int] = field(default_factory=dict)  # paper id -> upvotes, if trending
 
-    @property
+    @cached_property  # a Digest never changes: worked out once, on first use
     def entries(self) -> tuple[Entry, ...]:
         return tuple(entry for section in self.sections for entry in section.entries)
 
-    @property
+    @cached_property
     def paper_ids(self) -> tuple[str, ...]:
         return tuple(entry.paper.id for entry in self.entries)
 
