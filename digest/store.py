@@ -7,6 +7,8 @@ functions, applied in order and recorded in `_migrations`, never edited once rel
 from __future__ import annotations
 
 import json
+import sqlite3
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -172,10 +174,26 @@ def open_db(path: Path) -> sqlite_utils.Database:
         )
     db = sqlite_utils.Database(path)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    db.enable_wal()
+    _enable_wal(db)
     db.execute("PRAGMA foreign_keys = ON")
     migrate(db)
     return db
+
+
+def _enable_wal(db: sqlite_utils.Database) -> None:
+    """Switch to write-ahead logging. Switching needs the database to itself and SQLite does
+    not wait for that (busy_timeout does not apply): when two processes open a new database
+    at once, one finds it locked; it waits and tries again (by then it is usually WAL)."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            if db.journal_mode != "wal":
+                db.enable_wal()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def migrate(db: sqlite_utils.Database) -> None:
