@@ -1,6 +1,9 @@
 """Render a Digest as an email body: MJML (via Jinja) -> HTML (mjml-python) -> inlined CSS
 (premailer, network off), plus a plain-text part with the same papers.
 
+`render_reference` does that for one subscriber; a run uses a `Renderer`, which gives the same
+bytes by rendering each paper block and layout once and joining each email from those pieces.
+
 Everything from arXiv reaches the templates as plain text and is escaped by Jinja's autoescape;
 the only markup we add ourselves is highlighting, built here from escaped pieces.
 """
@@ -209,13 +212,6 @@ def render_html(context: dict[str, object]) -> str:
 
 def render_text(context: dict[str, object]) -> str:
     return _env(False).get_template("digest.txt").render(context)
-
-
-def render(
-    digest: Digest, *, sender: str, budget: int, unsubscribe_url: str | None = None
-) -> RenderedEmail:
-    """The email for `digest`, as a one-off (a run renders many through one `Renderer`)."""
-    return render_reference(digest, sender=sender, budget=budget, unsubscribe_url=unsubscribe_url)
 
 
 def render_reference(
