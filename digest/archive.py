@@ -2,7 +2,7 @@
 of the "Daily Papers" READMEs (a heading per keyword; a table Title / Date / Abstract (collapsed)
 / Comment, newest first; "Last update: DATE"), as GitHub Markdown or as a standalone HTML page.
 
-A keyword matches here exactly as in the emails (`pipeline.match_keywords`: the FTS5 phrase, and
+A keyword matches here exactly as in the emails (`plan.match_keywords`: the FTS5 phrase, and
 the literal check for keywords like `C++`). Everything from arXiv is escaped for where it lands:
 Markdown table cells (no `|` or line break can end a cell or row, no HTML gets through, no
 emphasis or link syntax) or HTML (Jinja's autoescape).
@@ -23,8 +23,9 @@ from urllib.parse import quote
 from digest import store, subscribers
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.match import distinct_keywords
 from digest.models import Paper
-from digest.pipeline import distinct_keywords, match_keywords
+from digest.plan import match_keywords
 from digest.render import template
 
 FORMATS = ("md", "html")

@@ -19,7 +19,8 @@ from digest import status as status_report
 from digest.archive import DEFAULT_MAX, FORMATS, run_archive
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.pipeline import RunReport, enable_address, run_send
+from digest.pipeline import enable_address, run_send
+from digest.report import RunReport
 from digest.subscribers import Problem
 
 F = TypeVar("F", bound=Callable[..., Any])

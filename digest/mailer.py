@@ -1,26 +1,19 @@
-"""Messages and the SMTP connection: building an email is separate from sending it."""
+"""An email as bytes: `message_bytes` writes what the email package's `build_message` builds
+(checked against it in tests/test_message_bytes.py), CRLF-ended and safe to hand to the socket
+as it is (no bare line ends, no line starting with "."). Sending is digest/smtp.py's."""
 
 from __future__ import annotations
 
 import binascii
-import contextlib
 import random
 import re
-import smtplib
-import ssl
-import threading
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 from functools import lru_cache
-from types import TracebackType
 
-from digest.config import Settings
-from digest.errors import SmtpError
 from digest.models import RenderedEmail
 
 
@@ -160,25 +153,36 @@ def quoted_printable(text: str) -> bytes:
     return _qp(data).replace(b"\n", b"\r\n")
 
 
-@lru_cache(maxsize=8192)
-def _qp_part(part: str) -> bytes:
-    """One part of a body, starting at a line start, encoded so that the next part starts at
-    a line start too: ended by a soft line break ("=" at the end of a line) unless it ends a
-    line itself. Cached: a run's paper blocks and layouts are in many emails."""
+def qp_part(part: str) -> bytes:
+    """One part of a body, starting at a line start, as CRLF-ended quoted-printable lines, so
+    that the next part starts at a line start too: ended by a soft line break ("=" at the end of
+    a line) unless it ends a line itself. Parts encoded once can be joined into many bodies
+    (`join_qp`)."""
     encoded = _qp(part.encode("utf-8"))
     if not encoded or encoded.endswith(b"\n"):
-        return encoded
+        return encoded.replace(b"\n", b"\r\n")
     start = encoded.rfind(b"\n") + 1
     last = encoded[start:]
     if len(last) < MAX_QP_LINE:
-        return encoded + b"=\n"
+        return (encoded + b"=\n").replace(b"\n", b"\r\n")
     cut = MAX_QP_LINE - 1  # room for the "=", never inside an =XX escape
     while b"=" in last[cut - 2 : cut]:
         cut -= 1
     rest = last[cut:]
     if rest[:1] == b".":
         rest = b"=2E" + rest[1:]
-    return encoded[:start] + last[:cut] + b"=\n" + rest + b"=\n"
+    return (encoded[:start] + last[:cut] + b"=\n" + rest + b"=\n").replace(b"\n", b"\r\n")
+
+
+qp_part_cached = lru_cache(maxsize=8192)(qp_part)  # a run's layouts and values recur
+
+
+def join_qp(encoded: Iterable[bytes]) -> bytes:
+    """A body from parts encoded by `qp_part`, in order."""
+    body = b"".join(encoded)
+    if body.endswith(b"=\r\n"):  # the body ends with a newline, as the email package's does
+        body = body[:-3] + b"\r\n"
+    return body
 
 
 def quoted_printable_parts(parts: Sequence[str]) -> bytes:
@@ -187,10 +191,7 @@ def quoted_printable_parts(parts: Sequence[str]) -> bytes:
     joined (the lines break at other places than the whole text's encoding would)."""
     if not parts or any("\r" in part for part in parts):
         return quoted_printable("".join(parts))
-    encoded = b"".join(_qp_part(part) for part in parts if part)
-    if encoded.endswith(b"=\n"):  # the body ends with a newline, as the email package's does
-        encoded = encoded[:-2] + b"\n"
-    return encoded.replace(b"\n", b"\r\n")
+    return join_qp(qp_part_cached(part) for part in parts if part)
 
 
 def message_bytes(
@@ -233,193 +234,18 @@ def message_bytes(
             *head,
             b"--" + boundary + b"\r\n",
             part % b"plain",
-            quoted_printable_parts(rendered.text_parts)
-            if rendered.text_parts
-            else quoted_printable(rendered.text),
+            _body(rendered.text, rendered.text_parts, rendered.text_qp),
             b"\r\n--" + boundary + b"\r\n",
             part % b"html",
-            quoted_printable_parts(rendered.html_parts)
-            if rendered.html_parts
-            else quoted_printable(rendered.html),
+            _body(rendered.html, rendered.html_parts, rendered.html_qp),
             b"\r\n--" + boundary + b"--\r\n",
         ]
     )
 
 
-@dataclass(frozen=True)
-class SendResult:
-    """How one message fared: accepted (250), refused (`code` and the server's `reply`), or
-    `lost`: the connection closed (a 421 or a drop) before the server said 250."""
-
-    accepted: bool
-    code: int = 250
-    reply: str = ""
-    lost: bool = False
-
-    @property
-    def permanent(self) -> bool:
-        return 500 <= self.code < 600
-
-    @property
-    def detail(self) -> str:
-        if self.lost:
-            return f"the mail server closed the connection ({self.reply})"
-        kind = "refused it" if self.permanent else "deferred it"
-        return f"the mail server {kind}: {self.code} {self.reply}"
-
-
-class Spacer:
-    """Keeps events at least 1/`rate` seconds apart (rate 0: no limit), across threads: several
-    connections sharing one Spacer share the rate."""
-
-    def __init__(
-        self,
-        rate: float,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.interval = 1.0 / rate if rate > 0 else 0.0
-        self.clock, self.sleep = clock, sleep
-        self._last: float | None = None
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        with self._lock:  # take the next free slot, then wait for it outside the lock
-            now = self.clock()
-            slot = now if self._last is None else max(now, self._last + self.interval)
-            self._last = slot
-        if slot > now:
-            self.sleep(slot - now)
-
-
-class Messenger:
-    """One SMTP connection, opened on entry and reused for every message. Several Messengers
-    (one per sender thread) share the rate when given the same `spacer`."""
-
-    def __init__(self, settings: Settings, spacer: Spacer | None = None) -> None:
-        self.settings = settings
-        self.sender = settings.require_from()
-        self._smtp: smtplib.SMTP | None = None
-        self.spacer = spacer or Spacer(settings.smtp_rate)
-
-    def __enter__(self) -> Messenger:
-        self.connect()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    @property
-    def connected(self) -> bool:
-        return self._smtp is not None
-
-    def connect(self) -> None:
-        s = self.settings
-        where = f"{s.smtp_host}:{s.smtp_port}"
-        try:
-            if s.smtp_security == "ssl":
-                smtp: smtplib.SMTP = smtplib.SMTP_SSL(
-                    s.smtp_host,
-                    s.smtp_port,
-                    timeout=s.smtp_timeout,
-                    context=ssl.create_default_context(),
-                )
-            else:
-                smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.smtp_timeout)
-                if s.smtp_security == "starttls":
-                    smtp.starttls(context=ssl.create_default_context())
-            if s.smtp_user:
-                smtp.login(s.smtp_user, s.smtp_password or "")
-        except smtplib.SMTPAuthenticationError as exc:
-            raise SmtpError(
-                f"the mail server at {where} refused the login for {s.smtp_user!r} "
-                f"({exc.smtp_code}); check DIGEST_SMTP_USER and DIGEST_SMTP_PASSWORD"
-            ) from None
-        except smtplib.SMTPNotSupportedError as exc:
-            raise SmtpError(
-                f"the mail server at {where} does not support {exc}; "
-                f"check DIGEST_SMTP_SECURITY (starttls, ssl or none)"
-            ) from None
-        except ssl.SSLError as exc:
-            raise SmtpError(
-                f"TLS with the mail server at {where} failed ({exc.reason}); "
-                f"check DIGEST_SMTP_SECURITY and DIGEST_SMTP_PORT"
-            ) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise SmtpError(
-                f"cannot reach the mail server at {where}: {exc}; "
-                f"check DIGEST_SMTP_HOST and DIGEST_SMTP_PORT"
-            ) from None
-        self._smtp = smtp
-
-    def send(self, data: bytes, to: str) -> SendResult:
-        """Send one message, (re)connecting first when needed. A refusal of this recipient or
-        message, or a connection lost in the middle, is a result; not reaching the server (or
-        it refusing the login or the sender) is an SmtpError."""
-        if self._smtp is None:
-            self.connect()
-        assert self._smtp is not None
-        address = parseaddr(self.sender)[1] or self.sender
-        self.spacer.wait()
-        try:
-            self._smtp.sendmail(address, [to], data)
-        except smtplib.SMTPRecipientsRefused as exc:
-            code, reply = next(iter(exc.recipients.values()))
-            return self._refused(code, reply)
-        except smtplib.SMTPDataError as exc:
-            return self._refused(exc.smtp_code, exc.smtp_error)
-        except smtplib.SMTPSenderRefused as exc:
-            if exc.smtp_code == 421:
-                return self._refused(exc.smtp_code, exc.smtp_error)
-            raise SmtpError(
-                f"the mail server refused the sender {address} ({exc.smtp_code} "
-                f"{_text(exc.smtp_error)}); check DIGEST_FROM"
-            ) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            self._drop()
-            return SendResult(False, 0, str(exc) or type(exc).__name__, lost=True)
-        return SendResult(True)
-
-    def refresh(self) -> None:
-        """Make sure the connection is still open (it may have idled out): NOOP, else reconnect."""
-        if self._smtp is not None:
-            try:
-                if self._smtp.noop()[0] == 250:
-                    return
-            except (OSError, smtplib.SMTPException):
-                pass
-            self._drop()
-        self.connect()
-
-    def _refused(self, code: int, reply: bytes | str) -> SendResult:
-        if code == 421:  # the server is closing the connection: reconnect for the next one
-            self._drop()
-            return SendResult(False, code, f"421 {_text(reply)}", lost=True)
-        return SendResult(False, code, _text(reply))
-
-    def _drop(self) -> None:
-        if self._smtp is not None:
-            with contextlib.suppress(OSError):
-                self._smtp.close()
-            self._smtp = None
-
-    def close(self) -> None:
-        if self._smtp is not None:
-            try:
-                self._smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                self._smtp.close()
-            self._smtp = None
-
-
-def _text(reply: bytes | str) -> str:
-    if isinstance(reply, bytes):
-        reply = reply.decode("utf-8", "replace")
-    return header_value(reply)
+def _body(whole: str, parts: Sequence[str], encoded: Sequence[bytes]) -> bytes:
+    """A body part's quoted-printable lines: from its parts' encodings when the renderer gave
+    them, else from its parts, else from the whole text."""
+    if encoded and not any("\r" in part for part in parts):
+        return join_qp(encoded)
+    return quoted_printable_parts(parts) if parts else quoted_printable(whole)

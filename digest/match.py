@@ -103,6 +103,34 @@ Hit = tuple[tuple[Span, ...], tuple[Span, ...]]
 """Where a keyword matched one paper: (title spans, abstract spans)."""
 
 
+def literal_filter(
+    keywords: Iterable[str], hits: dict[str, dict[str, Hit]], papers: Mapping[str, Paper]
+) -> None:
+    """Keep, of the FTS hits of keywords whose meaning is in symbols (C++), only the papers
+    where the keyword also appears literally, with those spans (in place)."""
+    for keyword in keywords:
+        if needs_literal(keyword):
+            pattern = literal_pattern(keyword)
+            found = {}
+            for pid in hits[keyword.casefold()]:
+                title_spans = literal_spans(pattern, papers[pid].title)
+                abstract_spans = literal_spans(pattern, papers[pid].abstract)
+                if title_spans or abstract_spans:
+                    found[pid] = (title_spans, abstract_spans)
+            hits[keyword.casefold()] = found
+
+
+def distinct_keywords(people: Iterable[Subscriber], extra: Iterable[str] = ()) -> list[str]:
+    """Every keyword any subscriber follows (then `extra`), once case-insensitively, in order."""
+    seen: dict[str, str] = {}
+    for person in people:
+        for keyword in person.keywords:
+            seen.setdefault(keyword.casefold(), keyword)
+    for keyword in extra:
+        seen.setdefault(keyword.casefold(), keyword)
+    return list(seen.values())
+
+
 def plan_digest(
     subscriber: Subscriber,
     hits: Mapping[str, Mapping[str, Hit]],
@@ -112,6 +140,7 @@ def plan_digest(
     *,
     by_author: Mapping[str, Iterable[str]] | None = None,
     since: datetime | None = None,
+    memo: dict[tuple[object, ...], Entry] | None = None,
 ) -> Digest:
     """What a subscriber is owed: each matching, undelivered paper once, under its first keyword.
 
@@ -122,22 +151,21 @@ def plan_digest(
     of their exclude phrases; a paper by a followed author is included whatever the keywords,
     categories and exclude phrases, and marked with the author. Within a section the newest
     papers come first; papers found only through an author come last, in their own section.
+    `memo` (one per run, for the same `hits`) shares the entries subscribers have in common.
     """
     excluded = {pid for phrase in subscriber.exclude for pid in hits.get(phrase.casefold(), {})}
-
-    def owed(paper_id: str) -> bool:
-        if paper_id in delivered or paper_id not in papers:
-            return False
-        return since is None or papers[paper_id].published >= since
-
-    # This runs once per subscriber per run: kept to plain loops and dict look-ups.
     categories = subscriber.categories
-    entries: dict[str, Entry] = {}
+    # This runs once per subscriber per run: plain loops and dict look-ups.
+    matched: dict[str, list[str]] = {}  # paper id -> the keywords it matched, in their order
     for keyword in subscriber.keywords:
         found = hits.get(keyword.casefold())
         if not found:
             continue
-        for paper_id, (title_spans, abstract_spans) in found.items():
+        for paper_id in found:
+            known = matched.get(paper_id)
+            if known is not None:
+                known.append(keyword)
+                continue
             if paper_id in excluded or paper_id in delivered:
                 continue
             paper = papers.get(paper_id)
@@ -145,32 +173,29 @@ def plan_digest(
                 continue
             if categories and not in_categories(paper, categories):
                 continue
-            known = entries.get(paper_id)
-            if known is None:
-                entries[paper_id] = Entry(paper, (keyword,), title_spans, abstract_spans)
-            else:
-                entries[paper_id] = Entry(
-                    paper,
-                    (*known.keywords, keyword),
-                    merge_spans(known.title_spans, title_spans),
-                    merge_spans(known.abstract_spans, abstract_spans),
-                )
+            matched[paper_id] = [keyword]
+    written: dict[str, list[str]] = {}  # paper id -> the followed authors who wrote it
     for author in subscriber.authors:
         for paper_id in (by_author or {}).get(author_key(author), ()):
-            if not owed(paper_id):
+            if paper_id in delivered or paper_id not in papers:
                 continue
-            known = entries.get(paper_id) or Entry(papers[paper_id], ())
-            if author not in known.authors:
-                entries[paper_id] = Entry(
-                    known.paper,
-                    known.keywords,
-                    known.title_spans,
-                    known.abstract_spans,
-                    (*known.authors, author),
-                )
+            if since is not None and papers[paper_id].published < since:
+                continue
+            names = written.setdefault(paper_id, [])
+            if author not in names:
+                names.append(author)
     by_heading: dict[str, list[Entry]] = {}
-    for entry in entries.values():
-        by_heading.setdefault(entry.section, []).append(entry)
+    for paper_id in (*matched, *(pid for pid in written if pid not in matched)):
+        keywords = tuple(matched.get(paper_id, ()))
+        authors = tuple(written.get(paper_id, ()))
+        key = (paper_id, keywords, authors)
+        entry = memo.get(key) if memo is not None else None
+        if entry is None:
+            entry = _entry(papers[paper_id], keywords, authors, hits)
+            if memo is not None:
+                memo[key] = entry
+        heading = keywords[0] if keywords else AUTHORS_SECTION
+        by_heading.setdefault(heading, []).append(entry)
     sections = []
     for heading in (*subscriber.keywords, AUTHORS_SECTION):
         in_section = by_heading.get(heading)
@@ -178,6 +203,22 @@ def plan_digest(
             in_section.sort(key=_newest_first, reverse=True)
             sections.append(Section(heading, tuple(in_section)))
     return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
+
+
+def _entry(
+    paper: Paper,
+    keywords: tuple[str, ...],
+    authors: tuple[str, ...],
+    hits: Mapping[str, Mapping[str, Hit]],
+) -> Entry:
+    """A paper as tagged with these keywords and authors, every keyword's matches highlighted."""
+    found = [hits[k.casefold()][paper.id] for k in keywords]
+    if len(found) == 1:
+        title_spans, abstract_spans = found[0]
+    else:
+        title_spans = merge_spans(*(t for t, _ in found))
+        abstract_spans = merge_spans(*(a for _, a in found))
+    return Entry(paper, keywords, title_spans, abstract_spans, authors)
 
 
 def _newest_first(entry: Entry) -> tuple[datetime, str]:

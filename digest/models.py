@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
+
+from email_validator import EmailNotValidError, validate_email
 
 Span = tuple[int, int]
 """A [start, end) character range of a text: a highlighted match."""
@@ -41,6 +44,17 @@ class Paper:
         return f"{self.id}v{self.version}"
 
 
+@lru_cache(maxsize=65536)
+def subscriber_key(email: str) -> str:
+    """The identity of a subscriber for deliveries, unsubscribes and suspensions: how two
+    spellings of an address compare (no surrounding spaces, the address as email-validator
+    normalises it, case-insensitive). The one place this is decided."""
+    raw = email.strip()
+    with contextlib.suppress(EmailNotValidError):
+        raw = validate_email(raw, check_deliverability=False).normalized
+    return raw.casefold()
+
+
 @dataclass(frozen=True)
 class Subscriber:
     email: str  # as written in the file (normalised: no surrounding spaces)
@@ -55,8 +69,8 @@ class Subscriber:
 
     @property
     def key(self) -> str:
-        """The identity used for deliveries: addresses compare case-insensitively."""
-        return self.email.casefold()
+        """The identity used for deliveries (`subscriber_key`)."""
+        return subscriber_key(self.email)
 
 
 AUTHORS_SECTION = "Authors you follow"
@@ -133,3 +147,6 @@ class RenderedEmail:
     # encodes each part once per run. Not part of what the email is.
     html_parts: tuple[str, ...] = field(default=(), compare=False, repr=False)
     text_parts: tuple[str, ...] = field(default=(), compare=False, repr=False)
+    # ...and those parts already quoted-printable (mailer.qp_part), when the renderer has them.
+    html_qp: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+    text_qp: tuple[bytes, ...] = field(default=(), compare=False, repr=False)

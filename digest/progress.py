@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from digest.pipeline import FAILED, Outcome
+from digest.report import OWED, Outcome
 
 
 def describe(outcome: Outcome) -> str:
@@ -20,7 +20,7 @@ def describe(outcome: Outcome) -> str:
         return f"{outcome.email}: unsubscribed, skipped"
     if outcome.status == "suspended":
         return f"{outcome.email}: {outcome.detail}"
-    if outcome.status in FAILED:
+    if outcome.status in OWED:
         return f"{outcome.email}: NOT sent: {outcome.detail}"
     what = "sent" if outcome.status == "sent" else "preview written"
     if outcome.resumed:
@@ -61,7 +61,7 @@ class BarProgress:
 
     def advance(self, outcome: Outcome) -> None:
         self.sent += outcome.status in ("sent", "previewed")
-        self.failed += outcome.status in FAILED
+        self.failed += outcome.status in OWED
         if self.bar is not None:
             self.bar.update(1, outcome)
 

@@ -11,7 +11,6 @@ result with the same rules `digest send` uses, and write.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import io
@@ -27,6 +26,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from digest import store
 from digest.errors import DigestError
+from digest.models import subscriber_key
 from digest.subscribers import (
     KEYWORD_SEPARATOR,
     Problem,
@@ -42,11 +42,8 @@ LIST_COLUMNS = ("keywords", "categories", "exclude", "authors")
 
 
 def address_key(raw: str) -> str:
-    """How two spellings of an address compare: no surrounding spaces, case-insensitive."""
-    raw = raw.strip()
-    with contextlib.suppress(EmailNotValidError):
-        raw = validate_email(raw, check_deliverability=False).normalized
-    return raw.casefold()
+    """How two spellings of an address compare (`models.subscriber_key`)."""
+    return subscriber_key(raw)
 
 
 def valid_address(raw: str) -> str:

@@ -35,8 +35,9 @@ import schedule
 from digest import store
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.pipeline import Outcome, RunReport, run_send
+from digest.pipeline import run_send
 from digest.progress import describe
+from digest.report import Outcome, RunReport
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from digest import store
+from digest import outbox, store
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.scheduler import REASONS, local_day, missed_day, plan_from_db
@@ -97,8 +97,8 @@ def gather(
             "now": "yes" if next_plan.is_due(now) else "no",
         },
         runs=recent,
-        failed_emails=store.failed_emails(db, [int(r["id"]) for r in recent]),
-        owed=store.owed_emails(db),
+        failed_emails=outbox.failed_emails(db, [int(r["id"]) for r in recent]),
+        owed=outbox.owed_emails(db),
         suspended=[
             {"subscriber": s.subscriber, "since": s.since, "reason": s.reason}
             for s in store.suspensions(db).values()

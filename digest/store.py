@@ -1,13 +1,15 @@
-"""The SQLite store: papers (with an FTS5 index), emails, deliveries and runs.
+"""The SQLite store: opening the database, papers (with an FTS5 index), unsubscribes and
+suspensions, trending upvotes, runs and the daemon's heartbeat.
 
-One function opens the database and brings its schema up to date; migrations are a list of plain
-functions, applied in order and recorded in `_migrations`, never edited once released.
+One function opens the database and brings its schema up to date (digest/migrations.py); the
+emails and their states live in digest/outbox.py.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -19,150 +21,10 @@ import sqlite_utils
 
 from digest.errors import DigestError
 from digest.match import HIGHLIGHT_END, HIGHLIGHT_START, Hit, fts_phrase, spans_from_highlight
-from digest.models import Paper
+from digest.migrations import MIGRATIONS
+from digest.models import Paper, TrendingPaper
 
 BUSY_TIMEOUT_MS = 30_000
-
-
-def _m001_initial(db: sqlite_utils.Database) -> None:
-    db["papers"].create(
-        {
-            "id": str,
-            "version": int,
-            "title": str,
-            "authors": str,  # JSON list
-            "abstract": str,
-            "comment": str,
-            "categories": str,  # JSON list
-            "primary_category": str,
-            "published": str,  # ISO 8601 UTC: compares as text
-            "updated": str,
-            "abs_url": str,
-            "pdf_url": str,
-            "fetched_at": str,
-        },
-        pk="id",
-    )
-    db["papers"].create_index(["published"])
-    db["papers"].enable_fts(
-        ["title", "abstract"], fts_version="FTS5", tokenize="porter", create_triggers=True
-    )
-    db["runs"].create(
-        {
-            "id": int,
-            "kind": str,  # send | dry-run
-            "started_at": str,
-            "finished_at": str,
-            "status": str,  # running | ok | failed
-            "papers_fetched": int,
-            "arxiv_requests": int,
-            "emails_sent": int,
-            "emails_failed": int,
-            "message": str,
-        },
-        pk="id",
-    )
-    db["emails"].create(
-        {
-            "message_id": str,
-            "run_id": int,
-            "subscriber": str,
-            "created_at": str,
-            "status": str,  # pending | sent | failed
-            "sent_at": str,
-            "error": str,
-        },
-        pk="message_id",
-        foreign_keys=[("run_id", "runs", "id")],
-    )
-    db["emails"].create_index(["subscriber", "status"])
-    db["email_papers"].create(
-        {"message_id": str, "paper_id": str},
-        pk=("message_id", "paper_id"),
-        foreign_keys=[("message_id", "emails", "message_id")],
-    )
-    db["deliveries"].create(
-        {"subscriber": str, "paper_id": str, "message_id": str, "delivered_at": str},
-        pk=("subscriber", "paper_id"),
-    )
-
-
-def _m_delivery_faults(db: sqlite_utils.Database) -> None:
-    """Crash-safe delivery and fault handling (issue 3).
-
-    emails: `day` (the digest's date, to rebuild a pending email as it was), `attempts` and
-    `last_attempt_at` (tries at the mail server), `last_code` (the server's last reply code).
-    Status is now pending | sent | deferred (4xx through every retry) | failed (5xx) | cancelled.
-    runs: `warning` (e.g. a suspiciously empty fetch), `fetched_at` (when the fetch succeeded)
-    and `newest_paper` (the newest first-version date it returned).
-    mailboxes: per subscriber address, consecutive permanent failures and the suspension.
-    """
-    db["emails"].add_column("day", str)
-    db["emails"].add_column("attempts", int, not_null_default=0)
-    db["emails"].add_column("last_attempt_at", str)
-    db["emails"].add_column("last_code", int)
-    db["runs"].add_column("warning", str)
-    db["runs"].add_column("fetched_at", str)
-    db["runs"].add_column("newest_paper", str)
-    db["mailboxes"].create(
-        {
-            "subscriber": str,
-            "permanent_failures": int,  # consecutive 5xx refusals; a 250 resets it
-            "last_error": str,
-            "last_failure_at": str,
-            "suspended_since": str,  # NULL while the address is active
-            "suspended_reason": str,
-        },
-        pk="subscriber",
-        defaults={"permanent_failures": 0},
-    )
-    db["email_papers"].create_index(["paper_id"])
-
-
-def _m_daemon_heartbeat(db: sqlite_utils.Database) -> None:
-    """One row (id 1) for `digest run`: since when it runs and when it was last seen alive."""
-    db["daemon"].create(
-        {"id": int, "pid": int, "started_at": str, "heartbeat_at": str, "stopped_at": str},
-        pk="id",
-    )
-
-
-def _m_trending_upvotes(db: sqlite_utils.Database) -> None:
-    """Hugging Face daily papers: upvotes per arXiv id for each day fetched; the run's outcome."""
-    db["trending"].create(
-        {
-            "day": str,  # the digest's date the list was fetched for
-            "paper_id": str,  # arXiv id without version
-            "upvotes": int,
-            "title": str,
-            "fetched_at": str,
-        },
-        pk=("day", "paper_id"),
-    )
-    db["runs"].add_column("trending", str)  # "N papers" | "failed: why" | NULL (off)
-
-
-def _m_suppressions(db: sqlite_utils.Database) -> None:
-    """Unsubscribes: kept here, not in subscribers.csv, so pasting a row back does not undo one."""
-    db["suppressions"].create(
-        {"subscriber": str, "email": str, "created_at": str, "source": str},
-        pk="subscriber",
-    )
-
-
-def _m_run_timings(db: sqlite_utils.Database) -> None:
-    """How long each stage of a `digest send` took (JSON, see `pipeline.Timings`)."""
-    db["runs"].add_column("timings", str)
-
-
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
-    _m001_initial,
-    _m_delivery_faults,
-    _m_daemon_heartbeat,
-    _m_trending_upvotes,
-    _m_suppressions,
-    _m_run_timings,
-]
 
 
 def open_db(path: Path) -> sqlite_utils.Database:
@@ -175,6 +37,10 @@ def open_db(path: Path) -> sqlite_utils.Database:
     db = sqlite_utils.Database(path)
     db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     _enable_wal(db)
+    # In WAL mode a commit then writes the log without waiting for the disk (tens of
+    # microseconds): it survives a killed process, not a power cut (see README, "What
+    # happens when things fail").
+    db.execute("PRAGMA synchronous = NORMAL")
     db.execute("PRAGMA foreign_keys = ON")
     migrate(db)
     return db
@@ -211,17 +77,24 @@ def migrate(db: sqlite_utils.Database) -> None:
                 )
 
 
+# The threads of one process (the run's main thread and its SMTP senders, each with its own
+# connection) take turns for write transactions here rather than in SQLite, whose busy handler
+# sleeps in steps of up to 100 ms: a commit takes tens of microseconds, a wait should too.
+_WRITER = threading.RLock()
+
+
 @contextmanager
 def immediate(db: sqlite_utils.Database) -> Iterator[None]:
     """A write transaction taken up front (`BEGIN IMMEDIATE`), so read-then-write is safe."""
     conn = db.conn
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    with _WRITER:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
 
 def now_iso(now: datetime | None = None) -> str:
@@ -371,7 +244,45 @@ def is_suppressed(db: sqlite_utils.Database, subscriber_key: str) -> bool:
     return row is not None
 
 
-# Deliveries, emails, runs ---------------------------------------------------------------------
+# Trending (Hugging Face daily papers) --------------------------------------------------------
+
+
+def save_trending(db: sqlite_utils.Database, day: str, papers: Iterable[TrendingPaper]) -> None:
+    """Today's upvotes per arXiv id (a later fetch the same day replaces the counts)."""
+    fetched_at = now_iso()
+    with immediate(db):
+        db["trending"].upsert_all(
+            (
+                {
+                    "day": day,
+                    "paper_id": p.id,
+                    "upvotes": p.upvotes,
+                    "title": p.title,
+                    "fetched_at": fetched_at,
+                }
+                for p in papers
+            ),
+            pk=("day", "paper_id"),
+        )
+
+
+def trending_papers(db: sqlite_utils.Database, day: str) -> tuple[TrendingPaper, ...]:
+    """The day's trending papers, most upvoted first."""
+    rows = db.execute(
+        "SELECT paper_id, title, upvotes FROM trending WHERE day = ? "
+        "ORDER BY upvotes DESC, paper_id",
+        [day],
+    ).fetchall()
+    return tuple(TrendingPaper(pid, title, upvotes) for pid, title, upvotes in rows)
+
+
+def record_trending(db: sqlite_utils.Database, run_id: int, outcome: str) -> None:
+    """How the run's trending fetch went: "N papers" or "failed: why"."""
+    with immediate(db):
+        db["runs"].update(run_id, {"trending": outcome})
+
+
+# Runs -----------------------------------------------------------------------------------------
 
 
 def start_run(db: sqlite_utils.Database, kind: str) -> int:
@@ -400,237 +311,6 @@ def close_interrupted_runs(db: sqlite_utils.Database) -> int:
 def finish_run(db: sqlite_utils.Database, run_id: int, status: str, **counts: object) -> None:
     with immediate(db):
         db["runs"].update(run_id, {"status": status, "finished_at": now_iso(), **counts})
-
-
-@dataclass(frozen=True)
-class PendingEmail:
-    """An email committed to the outbox whose fate is unknown: never tried, or in flight when
-    the run died. It is sent again as it was, with the same Message-ID."""
-
-    message_id: str
-    subscriber: str
-    day: str
-    paper_ids: tuple[str, ...]
-    attempts: int
-
-
-def pending_emails(db: sqlite_utils.Database) -> list[PendingEmail]:
-    """Every pending email, oldest first."""
-    rows = db.execute(
-        "SELECT message_id, subscriber, day, attempts FROM emails WHERE status = 'pending' "
-        "ORDER BY created_at, rowid"
-    ).fetchall()
-    pending = []
-    for message_id, subscriber, day, attempts in rows:
-        ids = db.execute(
-            "SELECT paper_id FROM email_papers WHERE message_id = ? ORDER BY paper_id",
-            [message_id],
-        ).fetchall()
-        pending.append(
-            PendingEmail(message_id, subscriber, day or "", tuple(r[0] for r in ids), attempts)
-        )
-    return pending
-
-
-def set_email_papers(db: sqlite_utils.Database, message_id: str, paper_ids: Iterable[str]) -> None:
-    """Make a pending email carry exactly `paper_ids` (what its rebuilt body shows)."""
-    with immediate(db):
-        db.execute("DELETE FROM email_papers WHERE message_id = ?", [message_id])
-        db["email_papers"].insert_all(
-            {"message_id": message_id, "paper_id": paper_id} for paper_id in paper_ids
-        )
-
-
-def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def last_sent_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, datetime]:
-    """When the mail server last accepted an email for each of these subscribers (those never
-    sent to are left out). One query per 500 subscribers."""
-    found: dict[str, datetime] = {}
-    for chunk in _chunks(list(keys)):
-        rows = db.execute(
-            "SELECT subscriber, max(sent_at) FROM emails WHERE status = 'sent' "
-            f"AND subscriber IN ({','.join('?' * len(chunk))}) GROUP BY subscriber",
-            chunk,
-        ).fetchall()
-        found.update((key, datetime.fromisoformat(when)) for key, when in rows if when)
-    return found
-
-
-def taken_many(
-    db: sqlite_utils.Database, wanted: Mapping[str, Iterable[str]]
-) -> dict[str, set[str]]:
-    """Of each subscriber's `wanted` paper ids, those delivered to them, plus the papers waiting
-    in their pending emails. Looks up exactly those (subscriber, paper) pairs, so the cost does
-    not grow with their past deliveries. Two queries per 500 subscribers."""
-    taken: dict[str, set[str]] = {}
-    keys = list(wanted)
-    for chunk in _chunks(keys):
-        pairs = json.dumps({key: list(wanted[key]) for key in chunk})  # {subscriber: [ids]}
-        rows = db.execute(
-            "SELECT deliveries.subscriber, deliveries.paper_id "
-            "FROM json_each(?) AS person CROSS JOIN json_each(person.value) AS paper "
-            "CROSS JOIN deliveries ON deliveries.subscriber = person.key "
-            "AND deliveries.paper_id = paper.value",
-            [pairs],
-        ).fetchall()
-        rows += db.execute(
-            "SELECT emails.subscriber, email_papers.paper_id FROM emails "
-            "JOIN email_papers USING (message_id) "
-            f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
-            "AND emails.status = 'pending'",
-            chunk,
-        ).fetchall()
-        for key, paper_id in rows:
-            taken.setdefault(key, set()).add(paper_id)
-    return taken
-
-
-def refused_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, set[str]]:
-    """Papers of each subscriber's refused emails (deferred or failed) never delivered since:
-    still owed to them, however old (subscribers with none are left out)."""
-    refused: dict[str, set[str]] = {}
-    for chunk in _chunks(list(keys)):
-        rows = db.execute(
-            "SELECT DISTINCT emails.subscriber, email_papers.paper_id FROM emails "
-            "JOIN email_papers USING (message_id) "
-            f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
-            "AND emails.status IN ('deferred', 'failed') AND NOT EXISTS (SELECT 1 FROM "
-            "deliveries WHERE deliveries.subscriber = emails.subscriber "
-            "AND deliveries.paper_id = email_papers.paper_id)",
-            chunk,
-        ).fetchall()
-        for key, paper_id in rows:
-            refused.setdefault(key, set()).add(paper_id)
-    return refused
-
-
-def record_attempt(db: sqlite_utils.Database, message_id: str, code: int, error: str) -> None:
-    """One try at the mail server that did not end in a 250 (the email stays pending)."""
-    with immediate(db):
-        db.execute(
-            "UPDATE emails SET attempts = attempts + 1, last_attempt_at = ?, last_code = ?, "
-            "error = ? WHERE message_id = ?",
-            [now_iso(), code, error, message_id],
-        )
-
-
-def _mark_sent(db: sqlite_utils.Database, message_ids: list[str], when: str) -> None:
-    """The server accepted these emails: they and their papers are delivered (inside the
-    caller's transaction)."""
-    conn = db.conn
-    conn.executemany(
-        "UPDATE emails SET status = 'sent', sent_at = ?, attempts = attempts + 1, "
-        "last_attempt_at = ?, last_code = 250, error = NULL WHERE message_id = ?",
-        [(when, when, message_id) for message_id in message_ids],
-    )
-    conn.executemany(
-        "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, message_id, delivered_at) "
-        "SELECT emails.subscriber, email_papers.paper_id, emails.message_id, ? "
-        "FROM emails JOIN email_papers USING (message_id) WHERE emails.message_id = ?",
-        [(when, message_id) for message_id in message_ids],
-    )
-    conn.executemany(
-        "UPDATE mailboxes SET permanent_failures = 0 WHERE subscriber = "
-        "(SELECT subscriber FROM emails WHERE message_id = ?)",
-        [(message_id,) for message_id in message_ids],
-    )
-
-
-@dataclass(frozen=True)
-class NewEmail:
-    """An email for the outbox: committed as pending before it is handed to a sender."""
-
-    subscriber: str
-    message_id: str
-    paper_ids: tuple[str, ...]
-    day: str
-
-
-def commit_outbox(
-    db: sqlite_utils.Database,
-    run_id: int,
-    new: Iterable[NewEmail] = (),
-    sent: Iterable[str] = (),
-) -> None:
-    """In one transaction (one fsync): the emails the server accepted (`sent` Message-IDs) are
-    marked sent with their deliveries, and the `new` emails enter the outbox as pending."""
-    sent, new = list(sent), list(new)
-    if not sent and not new:
-        return
-    when = now_iso()
-    with immediate(db):
-        if sent:
-            _mark_sent(db, sent, when)
-        db.conn.executemany(
-            "INSERT INTO emails (message_id, run_id, subscriber, created_at, status, day, "
-            "attempts) VALUES (?, ?, ?, ?, 'pending', ?, 0)",
-            [(e.message_id, run_id, e.subscriber, when, e.day) for e in new],
-        )
-        db.conn.executemany(
-            "INSERT INTO email_papers (message_id, paper_id) VALUES (?, ?)",
-            [(e.message_id, paper_id) for e in new for paper_id in e.paper_ids],
-        )
-
-
-def withdraw_pending(db: sqlite_utils.Database, message_ids: Iterable[str]) -> None:
-    """Forget pending emails that were never handed to the mail server (a stopped run): their
-    papers are simply still owed."""
-    ids = list(message_ids)
-    if not ids:
-        return
-    with immediate(db):
-        for message_id in ids:
-            db.execute("DELETE FROM email_papers WHERE message_id = ?", [message_id])
-            db.execute(
-                "DELETE FROM emails WHERE message_id = ? AND status = 'pending' AND attempts = 0",
-                [message_id],
-            )
-
-
-def mark_deferred(db: sqlite_utils.Database, message_id: str, error: str) -> None:
-    """Refused for now (4xx) through every retry: not delivered; its papers stay owed and go
-    in the subscriber's next email."""
-    with immediate(db):
-        db["emails"].update(message_id, {"status": "deferred", "error": error})
-
-
-def mark_cancelled(db: sqlite_utils.Database, message_id: str, why: str) -> None:
-    with immediate(db):
-        db["emails"].update(message_id, {"status": "cancelled", "error": why})
-
-
-def mark_failed(
-    db: sqlite_utils.Database, message_id: str, error: str, suspend_after: int = 0
-) -> bool:
-    """Refused for good (5xx): recorded with the server's reply. Counts towards suspending the
-    address; returns True when this failure suspended it."""
-    when = now_iso()
-    with immediate(db):
-        db["emails"].update(message_id, {"status": "failed", "error": error})
-        row = db.execute("SELECT subscriber FROM emails WHERE message_id = ?", [message_id])
-        subscriber = row.fetchone()[0]
-        db.execute(
-            "INSERT INTO mailboxes (subscriber, permanent_failures, last_error, last_failure_at) "
-            "VALUES (?, 1, ?, ?) ON CONFLICT (subscriber) DO UPDATE SET "
-            "permanent_failures = permanent_failures + 1, last_error = excluded.last_error, "
-            "last_failure_at = excluded.last_failure_at",
-            [subscriber, error, when],
-        )
-        failures, since = db.execute(
-            "SELECT permanent_failures, suspended_since FROM mailboxes WHERE subscriber = ?",
-            [subscriber],
-        ).fetchone()
-        if suspend_after and since is None and failures >= suspend_after:
-            reason = f"{failures} permanent failures in a row, the last: {error}"
-            db["mailboxes"].update(
-                subscriber, {"suspended_since": when, "suspended_reason": reason}
-            )
-            return True
-    return False
 
 
 @dataclass(frozen=True)
@@ -739,37 +419,3 @@ def recent_runs(db: sqlite_utils.Database, limit: int) -> list[dict[str, object]
     for run in runs:
         run["timings"] = json.loads(str(run["timings"])) if run.get("timings") else None
     return runs
-
-
-def failed_emails(db: sqlite_utils.Database, run_ids: Iterable[int]) -> list[dict[str, object]]:
-    """The emails of these runs that the mail server refused, with its reply."""
-    ids = list(run_ids)
-    if not ids:
-        return []
-    marks = ",".join("?" * len(ids))
-    return list(
-        db.query(
-            "SELECT run_id, subscriber, created_at, error FROM emails "
-            f"WHERE status = 'failed' AND run_id IN ({marks}) ORDER BY run_id DESC, created_at",
-            ids,
-        )
-    )
-
-
-def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
-    """Each subscriber whose latest email is pending or was refused: its papers are still owed
-    (not to an address that unsubscribed).
-    `papers` counts the ones of that email not delivered to them since."""
-    return list(
-        db.query(
-            "SELECT e.subscriber, e.status, e.created_at, e.error, e.run_id, "
-            "(SELECT count(*) FROM email_papers ep WHERE ep.message_id = e.message_id "
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.subscriber = e.subscriber "
-            "  AND d.paper_id = ep.paper_id)) AS papers "
-            "FROM emails e WHERE e.status IN ('pending', 'failed', 'deferred') "
-            "AND NOT EXISTS (SELECT 1 FROM emails later WHERE later.subscriber = e.subscriber "
-            " AND later.rowid > e.rowid) "
-            "AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.subscriber = e.subscriber) "
-            "ORDER BY e.status DESC, e.created_at"
-        )
-    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -150,34 +150,6 @@ def fetch(url: str, *, timeout: float, retries: int) -> list[TrendingPaper]:
         raise TrendingError(f"{url}: {exc}") from None
 
 
-def save(db: sqlite_utils.Database, day: str, papers: Iterable[TrendingPaper]) -> None:
-    """Today's upvotes per arXiv id (a later fetch the same day replaces the counts)."""
-    fetched_at = store.now_iso()
-    with store.immediate(db):
-        db["trending"].upsert_all(
-            (
-                {
-                    "day": day,
-                    "paper_id": p.id,
-                    "upvotes": p.upvotes,
-                    "title": p.title,
-                    "fetched_at": fetched_at,
-                }
-                for p in papers
-            ),
-            pk=("day", "paper_id"),
-        )
-
-
-def load(db: sqlite_utils.Database, day: str) -> Board:
-    rows = db.execute(
-        "SELECT paper_id, title, upvotes FROM trending WHERE day = ? "
-        "ORDER BY upvotes DESC, paper_id",
-        [day],
-    ).fetchall()
-    return Board(tuple(TrendingPaper(pid, title, upvotes) for pid, title, upvotes in rows))
-
-
 def refresh(db: sqlite_utils.Database, settings: Settings, day: str, run_id: int) -> Board:
     """Once per run: fetch, store and return the day's board; on failure log one line, record
     it on the run and go on with what is stored for the day (usually nothing)."""
@@ -191,13 +163,13 @@ def refresh(db: sqlite_utils.Database, settings: Settings, day: str, run_id: int
         )
     except TrendingError as exc:
         log.warning("trending papers left out of this run: %s", exc)
-        _record(db, run_id, f"failed: {exc}")
-        return load(db, day)
-    save(db, day, papers)
-    _record(db, run_id, f"{len(papers)} papers")
-    return load(db, day)
+        store.record_trending(db, run_id, f"failed: {exc}")
+        return Board(store.trending_papers(db, day))
+    store.save_trending(db, day, papers)
+    store.record_trending(db, run_id, f"{len(papers)} papers")
+    return Board(store.trending_papers(db, day))
 
 
-def _record(db: sqlite_utils.Database, run_id: int, outcome: str) -> None:
-    with store.immediate(db):
-        db["runs"].update(run_id, {"trending": outcome})
+def load(db: sqlite_utils.Database, day: str) -> Board:
+    """The board stored for `day` (empty when none was fetched)."""
+    return Board(store.trending_papers(db, day))

@@ -10,7 +10,7 @@ from digest.announce import EASTERN, announced_between, last_announcement, new_p
 from digest.config import Settings
 from digest.errors import ConfigError
 from digest.fetch import parse_retry_after, retry_delay
-from digest.mailer import Spacer
+from digest.smtp import Spacer
 
 
 def utc(*args: int) -> datetime:

@@ -153,11 +153,14 @@ def test_each_run_records_its_stage_timings_and_status_shows_the_last(digest: Di
         "blocks_s",
         "assembled",
         "rendered_in_full",
+        "mjml_trips",
     }
     assert timings["emails"] == 30
     # Every email was joined from pieces rendered once for the run, none rendered in full.
     assert timings["assembled"] == 30 and timings["rendered_in_full"] == 0
     assert timings["blocks_s"] > 0
+    # MJML and premailer: one trip for the papers' blocks, one prototype, one per layout.
+    assert 3 <= timings["mjml_trips"] <= 2 + 8
     assert timings["messages_per_s"] == pytest.approx(30 / timings["send_s"], rel=0.01)
     sizes = [len(m.raw) for m in digest.smtp.messages]
     assert abs(timings["avg_email_bytes"] - sum(sizes) / len(sizes)) < 0.02 * max(sizes)

@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standins import load_papers
 
+from digest.assemble import Renderer
 from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
 from digest.models import Digest, Paper, Subscriber, TrendingPaper
-from digest.render import Renderer, render_reference
+from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
 DAY = "2026-11-22"
@@ -167,15 +168,25 @@ def test_over_budget_compact_and_deferred_emails_are_identical(budget: int) -> N
     assert cut  # the budget really made some emails compact or deferred papers
 
 
-def test_hostile_text_is_identical_and_marker_lookalikes_take_the_slow_path() -> None:
+def test_hostile_text_is_identical_and_assembled_even_where_it_looks_like_a_marker() -> None:
     digests = _digests(_hostile(_papers()), 20, hostile=True)
     renderer = _check(digests, 60_000)
     assert renderer.mismatches == 0
-    # Only emails whose own text looks like a slot marker (here: a paper title in the
-    # preview line) are rendered in full; the rest are assembled.
-    marked = [d for d in digests if any("@@dg" in e.paper.title for e in d.entries[:3])]
+    # Text that looks like a slot marker of an earlier design ("@@dgP@@") is just text now:
+    # the marks are a fresh random string per run.
+    assert any("@@dg" in e.paper.title for d in digests for e in d.entries[:3])
+    assert renderer.assembled == renderer.count == len(digests)
+
+
+def test_text_holding_the_runs_own_marker_takes_the_slow_path() -> None:
+    renderer = Renderer(sender=SENDER, budget=95_000, verify_every=10**9)
+    papers = _papers()
+    papers[0] = replace(papers[0], title=f"{renderer.mark}P@@ reasoning {papers[0].title}")
+    digests = _digests(papers, 20)
+    _check(digests, 95_000, renderer=renderer)
+    marked = [d for d in digests if papers[0].id in d.paper_ids]
+    assert marked
     assert renderer.assembled == renderer.count - len(marked)
-    assert renderer.assembled >= len(digests) // 2
 
 
 def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
@@ -191,25 +202,54 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     assert "<p>wrong</p>" not in again.html
 
 
-def test_pieces_are_rendered_once_per_paper_not_per_subscriber() -> None:
+def test_pieces_are_filled_per_reader_and_trips_do_not_grow_with_subscribers() -> None:
     papers = _papers()
     digests = _digests(papers, 40)
-    renderer = _check(digests, 95_000)
+    renderer = Renderer(sender=SENDER, budget=95_000, verify_every=10**9)
+    renderer.prepare(digests)  # as a run does, per batch of subscribers
+    _check(digests, 95_000, renderer=renderer)
     distinct = {
-        (e.paper.id, e.keywords, e.title_spans, e.abstract_spans, e.authors)
+        (
+            e.paper.id,
+            e.keywords,
+            e.title_spans,
+            e.abstract_spans,
+            e.authors,
+            d.upvotes.get(e.paper.id),
+        )
         for d in digests
         for e in d.entries
     }
-    assert len(renderer._pieces) <= 2 * len(distinct)
+    assert len(renderer._pieces) == len(distinct)  # one reader's version each, filled once
     assert len(renderer._layouts) < len(digests)
+    # The same paper is tagged and highlighted differently for different readers...
+    shared = {}
+    for d in digests:
+        for e in d.entries:
+            shared.setdefault(e.paper.id, set()).add((e.keywords, e.title_spans, e.abstract_spans))
+    assert max(len(v) for v in shared.values()) >= 3
+    # ...and yet each paper went through MJML and premailer once: the trips are one per batch
+    # of papers, one prototype and one per layout, whatever the readers' keywords.
+    trips = renderer.trips
+    assert trips == 1 + 1 + len(renderer._layouts)  # < 250 papers: one batch
+    more = _digests(papers, 120)[40:]
+    before_layouts = len(renderer._layouts)
+    renderer.prepare(more)
+    _check(more, 95_000, renderer=renderer)
+    assert renderer.trips - trips == len(renderer._layouts) - before_layouts
 
 
 def test_prepare_finishes_every_block_a_batch_needs_up_front() -> None:
     digests = _digests(_papers(), 30)
     renderer = Renderer(sender=SENDER, budget=95_000, verify_every=10**9)
     renderer.prepare(digests)
-    ready = len(renderer._pieces)
-    assert ready >= len({e.paper.id for d in digests for e in d.entries})
+    ready, trips = len(renderer._skeletons), renderer.trips
+    # one per paper (and upvote count: the badge is part of the block)
+    assert ready == len(
+        {(e.paper.id, d.upvotes.get(e.paper.id)) for d in digests for e in d.entries}
+    )
+    assert trips == 1  # every block in one trip through MJML and premailer
     _check(digests, 95_000, renderer=renderer)
-    assert len(renderer._pieces) == ready  # no email had to finish a block of its own
+    assert len(renderer._skeletons) == ready  # no email had to finish a block of its own
+    assert renderer.trips == trips + 1 + len(renderer._layouts)  # the prototype, the layouts
     assert renderer.assembled == renderer.count == len(digests)

@@ -1,0 +1,358 @@
+"""Paper blocks, finished once per run with holes, filled in per reader.
+
+A paper's block (in full and in the compact list, HTML and text) goes through the whole
+template once (many papers per trip through MJML and premailer), with marks where what differs
+per reader goes: the highlighted title and abstract, the keyword tags (and "by <author>"
+tags). A reader's version is then filled in as text, serialized exactly as lxml writes it; the
+highlight and tag elements are written as one prototype rendering showed premailer finishes
+them. Used by digest/assemble.py, whose safety nets compare the result with the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+from lxml import etree
+from markupsafe import Markup
+
+from digest.mailer import qp_part
+from digest.models import Digest, Entry, Paper, Span
+from digest.render import ABSTRACT_CHARS, EntryView, _env, entry_view, render_html, shorten
+
+log = logging.getLogger(__name__)
+
+_VALUES = (
+    "subject",
+    "preview",
+    "day",
+    "summary",
+    "deferred_line",
+    "subscriber_email",
+    "frequency",
+    "following",
+)
+
+PAPERS_PER_TRIP = 250
+PIECE_CACHE = 20_000  # filled blocks kept (LRU): the common ones of a run stay ready
+_PAPER_START, _PAPER_END = '<div class="paper"', "</div>"
+_ITEM_START, _ITEM_END = "<li", "</li>"
+_COMPACT_LIST = '<ul class="compact"'
+_REWRITTEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the parser would change these
+
+
+class _Slow(Exception):
+    """This email cannot be joined from pieces: render it the reference way."""
+
+
+@lru_cache(maxsize=65536)
+def _html_text(value: str) -> str:
+    """`value` as the HTML serializer writes it as text (what premailer's output holds)."""
+    if _REWRITTEN.search(value):
+        raise _Slow
+    element = etree.Element("p")
+    element.text = value.replace("\r\n", "\n").replace("\r", "\n")  # as the parser reads it
+    return etree.tostring(element, method="html", encoding="unicode")[3:-4]
+
+
+@lru_cache(maxsize=16384)
+def _html_attr(tag: str, attr: str, value: str) -> str:
+    """`value` as the HTML serializer writes it as attribute `attr` of a `tag` element, with
+    its quotes (single ones when the value holds a double quote)."""
+    element = etree.Element(tag)
+    element.set(attr, value)
+    out = etree.tostring(element, method="html", encoding="unicode")
+    return out[out.index("=") + 1 : out.index(">")]
+
+
+def _highlighted(text: str, spans: Sequence[Span], open_tag: str) -> str:
+    """What `render.highlight(text, spans)` becomes in the finished HTML."""
+    parts: list[str] = []
+    cursor = 0
+    for start, end in spans:
+        start, end = max(start, cursor), min(end, len(text))
+        if start >= end:
+            continue
+        parts.append(_html_text(text[cursor:start]))
+        parts.append(open_tag + _html_text(text[start:end]) + "</span>")
+        cursor = end
+    parts.append(_html_text(text[cursor:]))
+    return "".join(parts)
+
+
+def _cut(
+    html: str, start: str, end: str, lo: int = 0, hi: int | None = None
+) -> list[tuple[int, int]]:
+    """The [from, to) ranges of the elements that begin with `start` and end at the first `end`
+    after it, between `lo` and `hi` (paper blocks and list items hold no nested ones)."""
+    hi = len(html) if hi is None else hi
+    ranges = []
+    at = html.find(start, lo, hi)
+    while at != -1:
+        stop = html.index(end, at) + len(end)
+        ranges.append((at, stop))
+        at = html.find(start, stop, hi)
+    return ranges
+
+
+def _compact_range(html: str) -> tuple[int, int]:
+    at = html.find(_COMPACT_LIST)
+    return (at, html.index("</ul>", at)) if at != -1 else (0, 0)
+
+
+# A template with holes: literal, hole, literal, ..., literal (odd length).
+_Holes = tuple[str, ...]
+
+
+def _fill_holes(holes: _Holes, fills: dict[str, str]) -> str:
+    out = [holes[0]]
+    for at in range(1, len(holes), 2):
+        out.append(fills[holes[at]])
+        out.append(holes[at + 1])
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """One paper's finished blocks with holes: in full and in the compact list, HTML and text."""
+
+    paper: Paper
+    abstract: str  # as shown (shortened)
+    html: _Holes
+    html_compact: _Holes
+    text: _Holes
+    text_compact: _Holes
+
+
+@dataclass(slots=True)
+class _Piece:
+    """One reader's version of a paper block (full and compact, HTML and text), with sizes,
+    and each as quoted-printable once it was needed (`qp`)."""
+
+    html: str
+    text: str
+    html_size: int
+    html_compact: str
+    text_compact: str
+    html_compact_size: int
+    encoded: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)
+
+    def qp(self, kind: str) -> bytes:
+        """`kind` (html, text, html_compact, text_compact) as mailer.qp_part encodes it."""
+        found = self.encoded.get(kind)
+        if found is None:
+            found = self.encoded[kind] = qp_part(getattr(self, kind))
+        return found
+
+
+# A layout: literal strings, values (name, encoder), paper slots ("P": the next section's
+# papers) and the compact slot ("C").
+
+
+class Blocks:
+    """The finished paper blocks of one run, and every reader's version of them.
+
+    Holes are marked with a string no text can hold by chance: a fresh one per run. `trips`
+    counts the trips through MJML and premailer, here and for the layouts (`trip`)."""
+
+    def __init__(self) -> None:
+        self.mark = f"@@{secrets.token_hex(6)}x"
+        self.marks = re.compile(re.escape(self.mark) + r"(\w+?)@@")
+        self.skeletons: dict[tuple[str, int, int], _Skeleton | None] = {}
+        self.pieces: OrderedDict[tuple[object, ...], _Piece] = OrderedDict()
+        # The same Entry object (planning shares them between readers) -> its key in `pieces`.
+        self._keys: dict[tuple[int, int], tuple[Entry, tuple[object, ...]]] = {}
+        self._prototype: dict[str, str] | None = None
+        self.trips = 0
+
+    def m(self, name: str) -> str:
+        """The mark of hole `name`."""
+        return f"{self.mark}{name}@@"
+
+    def trip(self, context: dict[str, object]) -> str:
+        """The whole template through Jinja, MJML and premailer, counted."""
+        self.trips += 1
+        return render_html(context)
+
+    def piece(self, entry: Entry, upvotes: int) -> _Piece:
+        """This reader's version of the entry's block (`upvotes`: its trending badge)."""
+        known = self._keys.get((id(entry), upvotes))
+        if known is not None and known[0] is entry:
+            piece = self.pieces.get(known[1])
+            if piece is not None:
+                return piece
+        tags = (*entry.keywords, *(f"by {author}" for author in entry.authors))
+        paper = entry.paper
+        key = (paper.id, paper.version, upvotes, tags, entry.title_spans, entry.abstract_spans)
+        if len(self._keys) >= PIECE_CACHE:  # the entry is kept with its key: its id stays its
+            self._keys.clear()
+        self._keys[id(entry), upvotes] = (entry, key)
+        piece = self.pieces.get(key)
+        if piece is not None:
+            self.pieces.move_to_end(key)
+            return piece
+        skeleton = self.skeletons.get((paper.id, paper.version, upvotes))
+        if skeleton is None or skeleton.paper != paper:
+            self.prepare_papers([(paper, upvotes)])
+            skeleton = self.skeletons.get((paper.id, paper.version, upvotes))
+        if skeleton is None or skeleton.paper != paper or not tags:
+            raise _Slow
+        proto = self._prototype_tags()
+        title_html = _highlighted(paper.title, entry.title_spans, proto["title"])
+        joined = ", ".join(tags)
+        html = _fill_holes(
+            skeleton.html,
+            {
+                "T": title_html,
+                "A": _highlighted(skeleton.abstract, entry.abstract_spans, proto["abstract"]),
+                "G": " ".join(proto["tag"] + _html_text(tag) + "</span>" for tag in tags),
+            },
+        )
+        compact_title = _highlighted(paper.title, entry.title_spans, proto["compact"])
+        html_compact = _fill_holes(
+            skeleton.html_compact, {"T": compact_title, "K": _html_text(joined)}
+        )
+        piece = _Piece(
+            html=html,
+            text=_fill_holes(skeleton.text, {"K": joined}),
+            html_size=len(html.encode()),
+            html_compact=html_compact,
+            text_compact=_fill_holes(skeleton.text_compact, {"K": joined}),
+            html_compact_size=len(html_compact.encode()),
+        )
+        self.pieces[key] = piece
+        if len(self.pieces) > PIECE_CACHE:
+            self.pieces.popitem(last=False)
+        return piece
+
+    def _view(self, paper: Paper, upvotes: int) -> EntryView:
+        view = entry_view(Entry(paper, (self.m("K"),)), upvotes)
+        return replace(view, title=Markup(self.m("T")), abstract=Markup(self.m("A")))
+
+    def prepare(self, digests: Iterable[Digest]) -> None:
+        """Finish, in a few trips, the block of every paper these digests show that is not
+        ready yet (optional: `render` finishes what is missing itself, one trip each)."""
+        wanted: dict[tuple[str, int, int], tuple[Paper, int]] = {}
+        for digest in digests:
+            for entry in digest.entries:
+                paper, upvotes = entry.paper, digest.upvotes.get(entry.paper.id, 0)
+                key = (paper.id, paper.version, upvotes)
+                if key not in self.skeletons and key not in wanted:
+                    wanted[key] = (paper, upvotes)
+        batch = list(wanted.values())
+        for start in range(0, len(batch), PAPERS_PER_TRIP):
+            try:
+                self.prepare_papers(batch[start : start + PAPERS_PER_TRIP])
+            except Exception:  # each email then finishes (or renders in full) on its own
+                log.exception("rendering a batch of paper blocks failed")
+
+    def prepare_papers(self, papers: Sequence[tuple[Paper, int]]) -> None:
+        """Finish these papers' blocks, in full and in the compact list, in one document
+        through the whole template; then cut each block out and mark its holes."""
+        views = [self._view(paper, upvotes) for paper, upvotes in papers]
+        html = self.trip(self._context(views, views))
+        blocks = _cut(html, _PAPER_START, _PAPER_END)
+        lo, hi = _compact_range(html)
+        items = _cut(html, _ITEM_START, _ITEM_END, lo, hi)
+        if len(blocks) != len(views) or len(items) != len(views):
+            raise _Slow
+        for (paper, upvotes), view, block, item in zip(papers, views, blocks, items, strict=True):
+            key = (paper.id, paper.version, upvotes)
+            try:
+                self.skeletons[key] = _Skeleton(
+                    paper=paper,
+                    abstract=shorten(paper.abstract, ABSTRACT_CHARS),
+                    html=self._holes(self._tags_hole(html[block[0] : block[1]]), "TGA"),
+                    html_compact=self._holes(html[item[0] : item[1]], "TK"),
+                    text=self._holes(_paper_text(view), "K"),
+                    text_compact=self._holes(_compact_text(view), "K"),
+                )
+            except _Slow:
+                self.skeletons[key] = None
+
+    def _tags_hole(self, block: str) -> str:
+        """The one keyword tag element of a skeleton block replaced by the tags' hole."""
+        at = block.find(self.m("K"))
+        opened = block.rfind("<span", 0, at)
+        closed = block.find("</span>", at)
+        if at == -1 or opened == -1 or closed == -1 or block.count(self.m("K")) != 1:
+            raise _Slow
+        return block[:opened] + self.m("G") + block[closed + len("</span>") :]
+
+    def _holes(self, source: str, expected: str) -> _Holes:
+        """`source` split at its hole marks, which must be exactly `expected`, in order."""
+        out: list[str] = []
+        cursor = 0
+        names = []
+        for found in self.marks.finditer(source):
+            out.extend((source[cursor : found.start()], found[1]))
+            names.append(found[1])
+            cursor = found.end()
+        out.append(source[cursor:])
+        if "".join(names) != expected:
+            raise _Slow
+        return tuple(out)
+
+    def _prototype_tags(self) -> dict[str, str]:
+        """How a highlight (in a title, an abstract, a compact title) and a keyword tag begin
+        in the finished HTML, learned from one paper rendered with both."""
+        if self._prototype is None:
+            hl = Markup('<span class="hl">') + self.m("h") + Markup("</span>")
+            view = replace(
+                _SENTINEL, title=hl, abstract=hl, keywords=(self.m("k"),), title_text="-"
+            )
+            html = self.trip(self._context([view], [view]))
+            opens = []
+            for found in re.finditer(re.escape(self.m("h")) + "</span>", html):
+                opens.append(html[html.rfind("<span", 0, found.start()) : found.start()])
+            at = html.find(self.m("k"))
+            tag = html[html.rfind("<span", 0, at) : at]
+            if len(opens) != 3 or 'class="tag"' not in tag:
+                raise _Slow
+            self._prototype = {"title": opens[0], "abstract": opens[1], "compact": opens[2]}
+            self._prototype["tag"] = tag
+        return self._prototype
+
+    @staticmethod
+    def _context(full: list[EntryView], compact: list[EntryView]) -> dict[str, object]:
+        context: dict[str, object] = {name: "-" for name in _VALUES}
+        context.update(
+            sender_address="-",
+            sections=[{"keyword": "-", "count": "-", "entries": full}],
+            compact=compact,
+            deferred_line="",
+            unsubscribe_url=None,
+            trending=(),
+        )
+        return context
+
+    # Layouts -------------------------------------------------------------------------------
+
+
+_SENTINEL = EntryView(
+    title=Markup("-"),
+    title_text="-",
+    authors="-",
+    date="-",
+    category="-",
+    abstract=Markup("-"),
+    abstract_text="-",
+    abstract_cut=False,
+    comment="",
+    keywords=("-",),
+    abs_url="https://arxiv.org/",
+    pdf_url="https://arxiv.org/",
+)
+
+
+def _paper_text(view: EntryView) -> str:
+    return _env(False).get_template("_paper.txt").render(paper=view)
+
+
+def _compact_text(view: EntryView) -> str:
+    return _env(False).get_template("_compact.txt").render(paper=view)

@@ -1,0 +1,131 @@
+"""Building: a subscriber's digest to the bytes of their email, and the dry run's destination.
+
+`Builder.build` renders a digest (digest/assemble.py: the same bytes as the reference
+rendering, fast) and writes the message (digest/mailer.py). What becomes of the bytes is the
+destination's business: `Previews` writes them to files (`digest send --dry-run`), the
+dispatcher (digest/dispatch.py) sends them. A render error fails one subscriber, never the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from digest.assemble import Renderer
+from digest.config import Settings
+from digest.mailer import message_bytes, new_message_id
+from digest.models import Digest, RenderedEmail, Subscriber
+from digest.outbox import NewEmail
+from digest.report import Outcome, Timings
+from digest.tokens import unsubscribe_url
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Outcome], None]
+
+
+class BuildFailed(Exception):
+    """This subscriber's email could not be built (the message says why, for the reader of the
+    run's report)."""
+
+
+@dataclass(frozen=True)
+class Built:
+    """One email, ready to go."""
+
+    person: Subscriber
+    rendered: RenderedEmail
+    message_id: str
+    data: bytes
+
+    @property
+    def papers(self) -> int:
+        return len(self.rendered.paper_ids)
+
+
+class Builder:
+    """Builds the emails of one run (one renderer, whose caches hold the run's papers)."""
+
+    def __init__(self, settings: Settings, sender: str, timings: Timings) -> None:
+        self.settings, self.sender, self.timings = settings, sender, timings
+        self.renderer = Renderer(sender=sender, budget=settings.html_budget)
+
+    def prepare(self, digests: Iterable[Digest]) -> None:
+        """Finish the paper blocks a batch of subscribers needs, in one go."""
+        started = time.perf_counter()
+        self.renderer.prepare(digests)
+        self.timings.blocks_s += time.perf_counter() - started
+        self.timings.trips = self.renderer.trips
+
+    def unsubscribe_link(self, person: Subscriber) -> str | None:
+        if self.settings.public_url and self.settings.secret:
+            return unsubscribe_url(self.settings.public_url, self.settings.secret, person.key)
+        return None
+
+    def build(self, digest: Digest, now: datetime, message_id: str | None = None) -> Built:
+        """The email for `digest` (a new Message-ID unless given). Raises BuildFailed."""
+        started = time.perf_counter()
+        person = digest.subscriber
+        link = self.unsubscribe_link(person)
+        try:
+            rendered = self.renderer.render(digest, link)
+        except Exception as exc:  # a template or data bug must skip one subscriber, not the run
+            log.exception("rendering the digest for %s failed", person.email)
+            raise BuildFailed(f"could not render the email: {exc!r}") from None
+        if not rendered.paper_ids:
+            raise BuildFailed("not even one paper fits in an email")
+        message_id = message_id or new_message_id(self.sender)
+        data = message_bytes(
+            rendered,
+            sender=self.sender,
+            to=person.email,
+            message_id=message_id,
+            when=now,
+            unsubscribe_url=link,
+        )
+        t = self.timings
+        t.assembled = self.renderer.assembled
+        t.rendered_in_full = self.renderer.count - self.renderer.assembled
+        t.trips = self.renderer.trips
+        t.build.append((time.perf_counter() - started) * 1000)
+        t.built += 1
+        t.email_bytes += len(data)
+        return Built(person, rendered, message_id, data)
+
+
+class Previews:
+    """The dry run's destination: each email as DIR/<email>.html, .txt and .eml; nothing sent,
+    nothing recorded."""
+
+    def __init__(self, out: Path, emit: Emit) -> None:
+        self.out, self.emit = out, emit
+
+    def note(self, outcome: Outcome) -> None:
+        self.emit(outcome)
+
+    def take(self, built: Built, new: NewEmail | None = None, resumed: bool = False) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        stem = built.person.email.replace("/", "_").replace("\\", "_")
+        (self.out / f"{stem}.html").write_text(built.rendered.html, encoding="utf-8")
+        (self.out / f"{stem}.txt").write_text(built.rendered.text, encoding="utf-8")
+        (self.out / f"{stem}.eml").write_bytes(built.data)
+        self.emit(Outcome(built.person.email, "previewed", built.papers, len(built.data)))
+
+    def stopping(self) -> bool:
+        return False
+
+    def check(self) -> None:
+        """Nothing can have failed on the way."""
+
+    def drain(self) -> None:
+        """Every preview is written at once."""
+
+    def finish_retries(self) -> None:
+        """Nothing is retried."""
+
+    def close(self) -> None:
+        """Nothing to close."""
