@@ -92,8 +92,9 @@ class Renderer:
         return self.blocks.trips
 
     @property
-    def _pieces(self) -> dict[tuple[object, ...], _Piece]:
-        return self.blocks.pieces
+    def _pieces(self) -> dict[tuple[int, int], _Piece]:
+        """The readers' versions of blocks made so far (a copy, for looking at)."""
+        return {key: piece for key, (_, piece) in self.blocks._keys.items()}
 
     @property
     def _skeletons(self) -> dict[tuple[str, int, int], object]:
@@ -338,7 +339,6 @@ def _fill(
     out: list[str] = []
     encoded: list[bytes] = []
     section = 0
-    full_kind, compact_kind = ("html", "html_compact") if html else ("text", "text_compact")
     for kind, name, encoder in parts:
         if kind == "lit":
             if name:
@@ -350,11 +350,13 @@ def _fill(
             if value:
                 out.append(value)
                 encoded.append(qp_part_cached(value))
+        elif kind == "P":
+            for piece in slots[section]:
+                out.extend(piece.html if html else piece.text)
+                encoded.extend(piece.html_qp if html else piece.text_qp)
+            section += 1
         else:
-            pieces = slots[section] if kind == "P" else compact
-            section += kind == "P"
-            which = full_kind if kind == "P" else compact_kind
-            for piece in pieces:
-                out.append(getattr(piece, which))
-                encoded.append(piece.qp(which))
+            for piece in compact:
+                out.extend(piece.html_compact if html else piece.text_compact)
+                encoded.extend(piece.html_compact_qp if html else piece.text_compact_qp)
     return out, encoded

@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from lxml import etree
@@ -39,7 +38,8 @@ _VALUES = (
 )
 
 PAPERS_PER_TRIP = 250
-PIECE_CACHE = 20_000  # filled blocks kept (LRU): the common ones of a run stay ready
+PIECE_CACHE = 50_000  # readers' versions of blocks kept (then forgotten and made again)
+FILL_CACHE = 100_000  # hole fills kept
 _PAPER_START, _PAPER_END = '<div class="paper"', "</div>"
 _ITEM_START, _ITEM_END = "<li", "</li>"
 _COMPACT_LIST = '<ul class="compact"'
@@ -105,53 +105,50 @@ def _compact_range(html: str) -> tuple[int, int]:
     return (at, html.index("</ul>", at)) if at != -1 else (0, 0)
 
 
-# A template with holes: literal, hole, literal, ..., literal (odd length).
-_Holes = tuple[str, ...]
+# A finished string, as quoted-printable (mailer.qp_part) and its size in bytes (UTF-8).
+_Part = tuple[str, bytes, int]
 
 
-def _fill_holes(holes: _Holes, fills: dict[str, str]) -> str:
-    out = [holes[0]]
-    for at in range(1, len(holes), 2):
-        out.append(fills[holes[at]])
-        out.append(holes[at + 1])
-    return "".join(out)
+def _part(text: str) -> _Part:
+    return text, qp_part(text), len(text.encode())
 
 
 @dataclass(frozen=True)
 class _Skeleton:
-    """One paper's finished blocks with holes: in full and in the compact list, HTML and text."""
+    """One paper's finished blocks with holes: in full and in the compact list, HTML and text
+    (the literal strings between the holes kept finished as `_Part`s)."""
 
     paper: Paper
     abstract: str  # as shown (shortened)
-    html: _Holes
-    html_compact: _Holes
-    text: _Holes
-    text_compact: _Holes
+    html: tuple[_Part | str, ...]  # parts, and hole names between them
+    html_compact: tuple[_Part | str, ...]
+    text: tuple[_Part | str, ...]
+    text_compact: tuple[_Part | str, ...]
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block (full and compact, HTML and text), with sizes,
-    and each as quoted-printable once it was needed (`qp`)."""
+    """One reader's version of a paper block: the strings it is joined from, in full and in
+    the compact list, HTML and text, each with its quoted-printable encoding; HTML sizes."""
 
-    html: str
-    text: str
+    html: tuple[str, ...]
+    html_qp: tuple[bytes, ...]
     html_size: int
-    html_compact: str
-    text_compact: str
+    html_compact: tuple[str, ...]
+    html_compact_qp: tuple[bytes, ...]
     html_compact_size: int
-    encoded: dict[str, bytes] = field(default_factory=dict, init=False, repr=False)
-
-    def qp(self, kind: str) -> bytes:
-        """`kind` (html, text, html_compact, text_compact) as mailer.qp_part encodes it."""
-        found = self.encoded.get(kind)
-        if found is None:
-            found = self.encoded[kind] = qp_part(getattr(self, kind))
-        return found
+    text: tuple[str, ...]
+    text_qp: tuple[bytes, ...]
+    text_compact: tuple[str, ...]
+    text_compact_qp: tuple[bytes, ...]
 
 
-# A layout: literal strings, values (name, encoder), paper slots ("P": the next section's
-# papers) and the compact slot ("C").
+def _joined(
+    holes: tuple[_Part | str, ...], fills: dict[str, _Part]
+) -> tuple[tuple[str, ...], tuple[bytes, ...], int]:
+    """A skeleton's parts with its holes filled: the strings, their encodings, the size."""
+    parts = [item if isinstance(item, tuple) else fills[item] for item in holes]
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
 
 
 class Blocks:
@@ -164,9 +161,11 @@ class Blocks:
         self.mark = f"@@{secrets.token_hex(6)}x"
         self.marks = re.compile(re.escape(self.mark) + r"(\w+?)@@")
         self.skeletons: dict[tuple[str, int, int], _Skeleton | None] = {}
-        self.pieces: OrderedDict[tuple[object, ...], _Piece] = OrderedDict()
-        # The same Entry object (planning shares them between readers) -> its key in `pieces`.
-        self._keys: dict[tuple[int, int], tuple[Entry, tuple[object, ...]]] = {}
+        # What fills the holes (a title highlighted one way, a set of tags...), by what it
+        # depends on; and each entry's finished piece, by the Entry object itself (planning
+        # shares entries between readers).
+        self.fills: dict[tuple[object, ...], _Part] = {}
+        self._keys: dict[tuple[int, int], tuple[Entry, _Piece]] = {}
         self._prototype: dict[str, str] | None = None
         self.trips = 0
 
@@ -183,52 +182,60 @@ class Blocks:
         """This reader's version of the entry's block (`upvotes`: its trending badge)."""
         known = self._keys.get((id(entry), upvotes))
         if known is not None and known[0] is entry:
-            piece = self.pieces.get(known[1])
-            if piece is not None:
-                return piece
-        tags = (*entry.keywords, *(f"by {author}" for author in entry.authors))
+            return known[1]
         paper = entry.paper
-        key = (paper.id, paper.version, upvotes, tags, entry.title_spans, entry.abstract_spans)
-        if len(self._keys) >= PIECE_CACHE:  # the entry is kept with its key: its id stays its
-            self._keys.clear()
-        self._keys[id(entry), upvotes] = (entry, key)
-        piece = self.pieces.get(key)
-        if piece is not None:
-            self.pieces.move_to_end(key)
-            return piece
         skeleton = self.skeletons.get((paper.id, paper.version, upvotes))
         if skeleton is None or skeleton.paper != paper:
             self.prepare_papers([(paper, upvotes)])
             skeleton = self.skeletons.get((paper.id, paper.version, upvotes))
+        tags = (*entry.keywords, *(f"by {author}" for author in entry.authors))
         if skeleton is None or skeleton.paper != paper or not tags:
             raise _Slow
+        ident = (paper.id, paper.version)
+        title, abstract = entry.title_spans, entry.abstract_spans
         proto = self._prototype_tags()
-        title_html = _highlighted(paper.title, entry.title_spans, proto["title"])
-        joined = ", ".join(tags)
-        html = _fill_holes(
-            skeleton.html,
-            {
-                "T": title_html,
-                "A": _highlighted(skeleton.abstract, entry.abstract_spans, proto["abstract"]),
-                "G": " ".join(proto["tag"] + _html_text(tag) + "</span>" for tag in tags),
-            },
-        )
-        compact_title = _highlighted(paper.title, entry.title_spans, proto["compact"])
-        html_compact = _fill_holes(
-            skeleton.html_compact, {"T": compact_title, "K": _html_text(joined)}
-        )
+        fill = self._fill
+        full = {
+            "T": fill(
+                ("T", ident, title), lambda: _highlighted(paper.title, title, proto["title"])
+            ),
+            "A": fill(
+                ("A", ident, abstract),
+                lambda: _highlighted(skeleton.abstract, abstract, proto["abstract"]),
+            ),
+            "G": fill(
+                ("G", tags),
+                lambda: " ".join(proto["tag"] + _html_text(tag) + "</span>" for tag in tags),
+            ),
+        }
+        compact = {
+            "T": fill(
+                ("CT", ident, title), lambda: _highlighted(paper.title, title, proto["compact"])
+            ),
+            "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
+        }
+        text = {"K": fill(("TK", tags), lambda: ", ".join(tags))}
+        text_parts = _joined(skeleton.text, text)
+        text_compact = _joined(skeleton.text_compact, text)
         piece = _Piece(
-            html=html,
-            text=_fill_holes(skeleton.text, {"K": joined}),
-            html_size=len(html.encode()),
-            html_compact=html_compact,
-            text_compact=_fill_holes(skeleton.text_compact, {"K": joined}),
-            html_compact_size=len(html_compact.encode()),
+            *_joined(skeleton.html, full),
+            *_joined(skeleton.html_compact, compact),
+            *text_parts[:2],
+            *text_compact[:2],
         )
-        self.pieces[key] = piece
-        if len(self.pieces) > PIECE_CACHE:
-            self.pieces.popitem(last=False)
+        if len(self._keys) >= PIECE_CACHE:
+            self._keys.clear()
+        self._keys[id(entry), upvotes] = (entry, piece)  # the entry kept: its id stays its own
         return piece
+
+    def _fill(self, key: tuple[object, ...], make: Callable[[], str]) -> _Part:
+        """What fills one hole, finished once (by what it depends on) and kept."""
+        found = self.fills.get(key)
+        if found is None:
+            if len(self.fills) >= FILL_CACHE:
+                self.fills.clear()
+            found = self.fills[key] = _part(make())
+        return found
 
     def _view(self, paper: Paper, upvotes: int) -> EntryView:
         view = entry_view(Entry(paper, (self.m("K"),)), upvotes)
@@ -284,16 +291,20 @@ class Blocks:
             raise _Slow
         return block[:opened] + self.m("G") + block[closed + len("</span>") :]
 
-    def _holes(self, source: str, expected: str) -> _Holes:
-        """`source` split at its hole marks, which must be exactly `expected`, in order."""
-        out: list[str] = []
+    def _holes(self, source: str, expected: str) -> tuple[_Part | str, ...]:
+        """`source` split at its hole marks, which must be exactly `expected`, in order: the
+        literal strings between them finished (empty ones left out), and the holes' names."""
+        out: list[_Part | str] = []
         cursor = 0
         names = []
         for found in self.marks.finditer(source):
-            out.extend((source[cursor : found.start()], found[1]))
+            if found.start() > cursor:
+                out.append(_part(source[cursor : found.start()]))
+            out.append(found[1])
             names.append(found[1])
             cursor = found.end()
-        out.append(source[cursor:])
+        if cursor < len(source):
+            out.append(_part(source[cursor:]))
         if "".join(names) != expected:
             raise _Slow
         return tuple(out)

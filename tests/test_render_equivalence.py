@@ -107,6 +107,7 @@ def _digests(papers: list[Paper], count: int, *, hostile: bool = False) -> list[
         TrendingPaper("2601.00002", "two", 1),
     )
     digests = []
+    memo: dict = {}  # entries shared between readers, as a run's planning shares them
     for n in range(count):
         chosen = tuple(keywords[(n * 7 + k * 3) % len(keywords)] for k in range(1 + n % 5))
         chosen = tuple(dict.fromkeys(chosen))
@@ -118,7 +119,7 @@ def _digests(papers: list[Paper], count: int, *, hostile: bool = False) -> list[
             weekday=None if n % 3 else n % 7,
         )
         by_author = {author_key(a): [p.id for p in papers if a in p.authors] for a in authors}
-        digest = plan_digest(person, hits, by_id, set(), DAY, by_author=by_author)
+        digest = plan_digest(person, hits, by_id, set(), DAY, by_author=by_author, memo=memo)
         if n % 2:
             upvotes = {p.id: 3 + i for i, p in enumerate(papers[:20])}
             digest = replace(digest, trending=trending, upvotes=upvotes)
@@ -194,8 +195,10 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     renderer = Renderer(sender=SENDER, budget=95_000, verify_every=1)
     first = renderer.render(digests[0])
     # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
-    key = next(iter(renderer._pieces))
-    renderer._pieces[key] = replace(renderer._pieces[key], html="<p>wrong</p>")
+    key = next(iter(renderer.blocks._keys))
+    entry, piece = renderer.blocks._keys[key]
+    wrong = replace(piece, html=("<p>wrong</p>",), html_qp=(b"<p>wrong</p>=\r\n",))
+    renderer.blocks._keys[key] = (entry, wrong)
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
     assert renderer.mismatches == 1
