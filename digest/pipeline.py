@@ -424,9 +424,12 @@ def _run(
             outbox.finish_retries()  # stay pending, owed
     finally:
         outbox.close()
-        if outbox.withdrawn:  # built but never handed to the mail server: still owed
+        # Still owed: built but never handed to the mail server, or handed out and cut off (or
+        # refused for now) when the run halted, so never retried: they stay pending.
+        owed = outbox.withdrawn + (len(outbox.retry) if outbox.halted else 0)
+        if owed:
             report.stopped = True
-            report.left += outbox.withdrawn
+            report.left += owed
 
 
 def _check_fetch(

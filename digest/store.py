@@ -728,6 +728,26 @@ def daemon_stopped(db: sqlite_utils.Database, now: datetime | None = None) -> No
         db.execute("UPDATE daemon SET stopped_at = ? WHERE id = 1", [now_iso(now)])
 
 
+def record_forced_stop(
+    path: Path, after_run: int | None, message: str, now: datetime | None = None
+) -> None:
+    """The daemon exits before its run could end (called from another thread, on a connection
+    of its own that waits at most a second for a lock): the send runs after `after_run` still
+    running (the daemon's own: it holds the run lock) become `stopped`; the daemon stopped."""
+    conn = sqlite3.connect(path, timeout=1.0)
+    try:
+        with conn:
+            if after_run is not None:
+                conn.execute(
+                    "UPDATE runs SET status = 'stopped', finished_at = ?, message = ? "
+                    "WHERE status = 'running' AND kind = 'send' AND id > ?",
+                    [now_iso(now), message, after_run],
+                )
+            conn.execute("UPDATE daemon SET stopped_at = ? WHERE id = 1", [now_iso(now)])
+    finally:
+        conn.close()
+
+
 def daemon_row(db: sqlite_utils.Database) -> dict[str, object] | None:
     rows = list(db.query("SELECT pid, started_at, heartbeat_at, stopped_at FROM daemon"))
     return rows[0] if rows else None
