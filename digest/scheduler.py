@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from digest import mailer, store
+from digest import mailer, store, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import Outcome, RunReport, run_send
@@ -336,8 +336,11 @@ class Daemon:
             log.error("run failed: %s", exc)
             self._count_failure(before)
         except Exception as exc:  # a bug must not take the daemon down; it is retried later
-            log.error("run crashed (a bug in digest): %s: %s", type(exc).__name__, exc)
-            log.debug("traceback", exc_info=True)
+            if error := volume.os_error(exc) if isinstance(exc, OSError) else None:
+                log.error("run failed: %s", error)  # e.g. subscribers.csv unreadable
+            else:
+                log.error("run crashed (a bug in digest): %s: %s", type(exc).__name__, exc)
+                log.debug("traceback", exc_info=True)
             self._count_failure(before)
         else:
             self._log_report(report)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from digest import volume
 from digest.errors import DigestError
 from digest.match import HIGHLIGHT_END, HIGHLIGHT_START, Hit, fts_phrase, spans_from_highlight
 from digest.models import Paper
@@ -172,11 +173,17 @@ def open_db(path: Path) -> sqlite_utils.Database:
             f"{path}: the folder {path.parent} does not exist; create it or "
             f"point DIGEST_DB elsewhere"
         )
-    db = sqlite_utils.Database(path)
-    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    _enable_wal(db)
-    db.execute("PRAGMA foreign_keys = ON")
-    migrate(db)
+    volume.check_database_file(path)  # SQLite would open another user's file read-only
+    try:
+        db = sqlite_utils.Database(path)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _enable_wal(db)
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+    except sqlite3.OperationalError as exc:  # e.g. the folder (a volume) is not writable
+        if error := volume.database_error(path, exc):
+            raise error from None
+        raise
     return db
 
 

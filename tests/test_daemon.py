@@ -301,6 +301,47 @@ def test_a_run_stuck_elsewhere_after_sigterm_is_recorded_stopped_and_the_daemon_
     assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, GRACE)) == 1
 
 
+def test_the_health_check_fails_when_the_subscribers_file_is_missing_or_lists_nobody_valid(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    """The daemon has done today's run and waits for tomorrow: without a usable subscribers
+    file tomorrow's run would send nothing, so the health check says so now."""
+    zone, _ = zone_away_from_midnight(timedelta(0))
+    daemon = start(digest, daemons, send_at="00:00", timezone=zone)
+    daemon.wait_for(r"run \d+ ok: .* 2 emails sent, 0 failed")
+    healthy = digest.run("status", "--check")
+    assert (healthy.returncode, healthy.stdout, healthy.stderr) == (0, "", "")
+    original = digest.csv_path.read_text(encoding="utf-8")
+
+    digest.csv_path.unlink()
+    missing = digest.run("status", "--check")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (
+        "Error: subscribers.csv: no such file. Create it with a header row "
+        "'email,name,keywords' or point DIGEST_SUBSCRIBERS at yours.\n"
+    )
+    found = json.loads(digest.run("status", "--json").stdout)
+    assert found["healthy"] is False and found["problems"] == [missing.stderr[7:-1]]
+
+    digest.write_subscribers("email,name,keywords\nnot-an-address,Ada,reward model\n")
+    nobody = digest.run("status", "--check")
+    assert (nobody.returncode, nobody.stdout) == (1, "")
+    assert nobody.stderr == (
+        "Error: subscribers.csv: no valid subscriber (1 row, none valid), so nothing would "
+        "be sent; `digest subscribers check` shows what to fix\n"
+    )
+    digest.write_subscribers("email,name,keywords\n")
+    assert digest.run("status", "--check").stderr == (
+        "Error: subscribers.csv: no valid subscriber (no rows), so nothing would be sent; "
+        "`digest subscribers check` shows what to fix\n"
+    )
+
+    digest.csv_path.write_text(original, encoding="utf-8")
+    again = digest.run("status", "--check")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert daemon.stop() == 0
+
+
 def test_a_failing_run_is_retried_later_with_backoff_and_the_daemon_lives_on(
     digest: Digest, daemons: list[Daemon]
 ) -> None:
