@@ -184,6 +184,7 @@ class Daemon:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings, self.tick, self.clock = settings, tick, clock
+        self.zone = settings.tz  # looked up now: the signal handler only reads it
         # Set by the signal handler. A plain flag, not a threading.Event: a handler that takes
         # a lock the interrupted code holds (Event.wait does) deadlocks.
         self.stop_requested = False
@@ -204,7 +205,7 @@ class Daemon:
         if first:
             self.stop_at = time_module.monotonic()
             name = signal.Signals(signum).name if signum else "stop"
-            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
+            stamp = datetime.now(self.zone).strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
             line = f"{stamp} INFO {__name__}: {name} received: finishing the email being sent"
             wait = f"(at most {self.settings.stop_timeout:g} s)"
             os.write(2, f"{line} {wait}, then exiting\n".encode())
@@ -375,9 +376,24 @@ class Daemon:
         )
 
 
+def log_in_zone(zone: ZoneInfo) -> None:
+    """Log lines carry their time in DIGEST_TIMEZONE, like everything else the daemon shows
+    (not the machine's zone, which in a container is UTC)."""
+
+    def converter(seconds: float | None) -> time_module.struct_time:
+        return datetime.fromtimestamp(
+            time_module.time() if seconds is None else seconds, zone
+        ).timetuple()
+
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:
+            handler.formatter.converter = converter
+
+
 def run_daemon(settings: Settings) -> int:
     """`digest run`: until SIGTERM or SIGINT; returns the exit status (0 on a requested stop)."""
     settings.require_from()
+    log_in_zone(settings.tz)
     daemon = Daemon(settings)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)

@@ -152,8 +152,11 @@ def test_it_sends_at_the_send_time_once_a_day_and_stops_on_sigterm(
     assert stopped.returncode == 1
     assert re.fullmatch(r"Error: the daemon stopped at \S+ \S+ \S+\n", stopped.stderr)
     assert "SIGTERM received" in first.log and "digest run stopped" in first.log
-    for line in first.lines:  # one line per event, each with its time
-        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line), line
+    for line in first.lines:  # one line per event, each with its time in DIGEST_TIMEZONE
+        stamp = re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line)
+        assert stamp, line
+        logged = datetime.strptime(stamp[0], "%Y-%m-%d %H:%M:%S,%f ").replace(tzinfo=ZoneInfo(zone))
+        assert abs(logged - datetime.now(UTC)) < timedelta(minutes=5), line
 
     # Restarted the same day: today's run happened (says the database), nothing more is sent.
     again = start(digest, daemons, send_at=send_at, timezone=zone)
