@@ -1,5 +1,5 @@
 """The Dockerfile, .dockerignore and compose.yaml, checked without a container engine (the
-real build and run: scripts/container_check.sh): every file it copies exists and is in the build
+real build and run: bench/container.py): every file it copies exists and is in the build
 context, it installs what the README installs with the dependencies in a layer of their own,
 leaves no pip behind, runs as a non-root user with state on a group-0-writable volume, is
 configured only by valid DIGEST_* variables, and its commands are real `digest` commands."""
