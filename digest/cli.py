@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from digest import __version__, roster, scheduler, store
+from digest import __version__, roster, scheduler, store, volume
 from digest import progress as progress_display
 from digest import status as status_report
 from digest.archive import DEFAULT_MAX, FORMATS, run_archive
@@ -33,6 +33,10 @@ def user_errors(func: F) -> F:
             return func(*args, **kwargs)
         except DigestError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # a file of ours we may not read or write (e.g. on a volume)
+            if error := volume.os_error(exc):
+                raise click.ClickException(str(error)) from None
+            raise
 
     return wrapper  # type: ignore[return-value]
 
@@ -109,7 +113,8 @@ def run(db: Path | None, subscribers: Path | None) -> None:
 @click.option(
     "--check",
     is_flag=True,
-    help="Print nothing but problems; exit 1 when the daemon is not running or missed a run.",
+    help="Print nothing but problems; exit 1 when the daemon is not running or missed a run, "
+    "or the subscribers file or the database is unusable.",
 )
 @click.option("--runs", default=5, show_default=True, help="How many recent runs to show.")
 @click.option(
@@ -119,10 +124,17 @@ def run(db: Path | None, subscribers: Path | None) -> None:
     help="With --check: minutes after the send time before a missing run counts as missed.",
 )
 @db_option
+@subscribers_option
 @user_errors
-def status(as_json: bool, check: bool, runs: int, grace: int, db: Path | None) -> None:
-    """The last runs, failed emails, what is owed, the daemon and when the next run is due."""
-    settings = Settings.from_env(db_path=db)
+def status(
+    as_json: bool, check: bool, runs: int, grace: int, db: Path | None, subscribers: Path | None
+) -> None:
+    """The last runs, failed emails, what is owed, the daemon and when the next run is due.
+
+    --check (a container's HEALTHCHECK) also fails when the subscribers file is missing or
+    lists no valid subscriber, or the database cannot be written.
+    """
+    settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
     found = status_report.gather(settings, runs=runs, grace=timedelta(minutes=grace))
     if as_json:
         click.echo(found.to_json())

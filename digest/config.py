@@ -40,6 +40,7 @@ class Settings:
     smtp_connections: int = 2
     smtp_rate: float = 0.0
     send_at: str = "07:00"
+    stop_timeout: float = 5.0  # seconds `digest run` waits for the mail server after SIGTERM
     timezone: str = "UTC"
     public_url: str | None = None
     trending: str | None = None
@@ -77,6 +78,7 @@ class Settings:
             smtp_connections=reader.get("SMTP_CONNECTIONS", _connections, cls.smtp_connections),
             smtp_rate=reader.get("SMTP_RATE", _non_negative(float), cls.smtp_rate),
             send_at=reader.get("SEND_AT", _clock, cls.send_at),
+            stop_timeout=reader.get("STOP_TIMEOUT", _non_negative(float), cls.stop_timeout),
             timezone=reader.get("TIMEZONE", _zone, cls.timezone),
             public_url=reader.get("PUBLIC_URL", _url, None),
             trending=reader.get("TRENDING", _choice(("huggingface",)), None),

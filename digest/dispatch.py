@@ -283,6 +283,13 @@ class Dispatcher:
                 self.note(Outcome(email, "deferred", papers, size, detail, item.resumed))
         self.retry = []
 
+    @property
+    def owed(self) -> int:
+        """Emails this run leaves owed because it stopped: built but never handed to the mail
+        server, or handed out and cut off (or refused for now) when the run halted, so never
+        retried (they stay pending)."""
+        return self.withdrawn + (len(self.retry) if self.halted else 0)
+
     def close(self) -> None:
         """End of the run (or an error): results still coming are taken (each accepted email
         is recorded as sent by then) before the connections close."""

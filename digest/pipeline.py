@@ -185,10 +185,9 @@ class _Run:
                 self._send_new(dest, due)
         finally:
             dest.close()
-            withdrawn = getattr(dest, "withdrawn", 0)
-            if withdrawn:  # built but never handed to the mail server: still owed
+            if isinstance(dest, Dispatcher) and dest.owed:
                 report.stopped = True
-                report.left += withdrawn
+                report.left += dest.owed
 
     def _due(self, people: list[Subscriber], suppressed: set[str]) -> list[Subscriber]:
         due = []

@@ -11,8 +11,13 @@ How runs count, per local day of DIGEST_TIMEZONE (the day a run *started*):
   does not count: it is retried later that day, RETRY_FIRST after the failure, doubling up to
   RETRY_MAX, at most MAX_ATTEMPTS times a day; a retry that would fall on the next day is
   dropped, the next day's run takes over (it delivers everything still owed);
-- a `stopped` run (SIGTERM/SIGINT between two emails) does not count and is not a failure: the
-  next start runs again at once for the subscribers still owed;
+- a `stopped` run (SIGTERM/SIGINT) does not count and is not a failure: the next start runs
+  again at once for the subscribers still owed;
+- after SIGTERM/SIGINT the email being sent is given DIGEST_STOP_TIMEOUT seconds; then the
+  mail server connections are cut (that email stays pending and goes out again, with the same
+  Message-ID, next run), and a run still busy FORCE_AFTER seconds later (arXiv, the disk) is
+  recorded as `stopped` and the process exits 0 anyway: well within a container engine's
+  grace period (10 s by default) before it kills the process;
 - a send time that does not exist that day (skipped by a spring DST change) is taken as the same
   instant expressed after the change (02:30 -> 03:30); one that happens twice (autumn) is the
   first. Either way: exactly one run per local day.
@@ -23,6 +28,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time as time_module
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from digest import store
+from digest import smtp, store, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import run_send
@@ -46,6 +52,8 @@ RETRY_MAX = timedelta(hours=2)
 MAX_ATTEMPTS = 8  # failed attempts a day before waiting for the next day
 TICK_SECONDS = 30.0  # how often the daemon re-reads the database and says it is alive
 NAP = 0.5  # seconds between two looks at the schedule and the stop flag
+WATCH = 0.1  # seconds between two looks at the stop flag by the stop watchdog
+FORCE_AFTER = 2.0  # seconds after cutting the SMTP connections before exiting regardless
 
 
 # Pure decisions ------------------------------------------------------------------------------
@@ -177,9 +185,13 @@ class Daemon:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings, self.tick, self.clock = settings, tick, clock
+        self.zone = settings.tz  # looked up now: the signal handler only reads it
         # Set by the signal handler. A plain flag, not a threading.Event: a handler that takes
         # a lock the interrupted code holds (Event.wait does) deadlocks.
         self.stop_requested = False
+        self.stop_at: float | None = None  # time.monotonic() of the first stop request
+        self.finished = threading.Event()  # the main loop is over (the watchdog's cue to go)
+        self.attempt_after: int | None = None  # while a run is on: the last run id before it
         self.jobs = schedule.Scheduler()
         self.db = store.open_db(settings.db_path)
         # Failed attempts that left no row in `runs` (e.g. subscribers.csv missing): without
@@ -192,10 +204,12 @@ class Daemon:
         (logging from a handler could re-enter a half-done write of the interrupted code)."""
         first, self.stop_requested = not self.stop_requested, True
         if first:
+            self.stop_at = time_module.monotonic()
             name = signal.Signals(signum).name if signum else "stop"
-            stamp = datetime.now().strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
+            stamp = datetime.now(self.zone).strftime("%Y-%m-%d %H:%M:%S,%f")[:23]
             line = f"{stamp} INFO {__name__}: {name} received: finishing the email being sent"
-            os.write(2, f"{line}, then exiting\n".encode())
+            wait = f"(at most {self.settings.stop_timeout:g} s)"
+            os.write(2, f"{line} {wait}, then exiting\n".encode())
 
     def run(self) -> int:
         s = self.settings
@@ -211,6 +225,8 @@ class Daemon:
         if first.reason == "catch-up":
             log.info("started after today's send time and today's run has not happened")
         self.jobs.every(self.tick).seconds.do(self._on_tick)
+        watchdog = threading.Thread(target=self._watch, name="stop-watchdog", daemon=True)
+        watchdog.start()
         try:
             while not self.stop_requested:
                 self.jobs.run_pending()
@@ -218,9 +234,52 @@ class Daemon:
                 # short naps, so that a stop request is seen within a moment
                 time_module.sleep(min(max(idle if idle is not None else NAP, 0.0), NAP))
         finally:
-            store.daemon_stopped(self.db, self.clock())
-            log.info("digest run stopped")
+            try:
+                store.daemon_stopped(self.db, self.clock())
+                log.info("digest run stopped")
+            finally:
+                self.finished.set()
         return 0
+
+    def _watch(self) -> None:
+        """The stop watchdog (a thread): DIGEST_STOP_TIMEOUT seconds after a stop request it
+        cuts the SMTP connections (a server that does not answer keeps the run waiting for up
+        to DIGEST_SMTP_TIMEOUT); if the run is still not over FORCE_AFTER seconds later it
+        records the run as stopped and ends the process with status 0."""
+        while self.stop_at is None:
+            if self.finished.wait(WATCH):
+                return
+        timeout = self.settings.stop_timeout
+        if self.finished.wait(max(self.stop_at + timeout - time_module.monotonic(), 0.0)):
+            return
+        cut = smtp.abort_all()
+        if cut:
+            log.warning(
+                "still busy %g s after the stop request: cut %d mail server connection(s); "
+                "an email being sent stays pending and goes out again, with the same "
+                "Message-ID, with the next run (DIGEST_STOP_TIMEOUT sets how long to wait)",
+                timeout,
+                cut,
+            )
+        if self.finished.wait(FORCE_AFTER):
+            return
+        self._force_exit(timeout + FORCE_AFTER)
+
+    def _force_exit(self, waited: float) -> None:
+        """The run is blocked elsewhere (arXiv, trending, a locked database): record it and the
+        daemon as stopped (what was accepted is already recorded as sent; an email committed
+        but not accepted stays pending) and exit 0 now, before the container engine kills us."""
+        message = f"stopped: still busy {waited:g} s after the stop request, the process exited"
+        try:
+            store.record_forced_stop(
+                self.settings.db_path, self.attempt_after, message, self.clock()
+            )
+        except Exception as exc:  # exiting anyway: the next start closes the run as interrupted
+            log.error("could not record the stop: %s: %s", type(exc).__name__, exc)
+        log.warning("%s; the next start runs again for what is owed", message)
+        log.info("digest run stopped")
+        logging.shutdown()
+        os._exit(0)
 
     def _replan(self) -> Plan:
         now = self.clock()
@@ -272,17 +331,23 @@ class Daemon:
     def _attempt(self, p: Plan) -> None:
         log.info("run for %s starting (%s)", p.day.isoformat(), REASONS[p.reason])
         before = store.recent_runs(self.db, 1)
+        self.attempt_after = int(str(before[0]["id"])) if before else 0
         try:
             report = run_send(self.settings, progress=self._on_outcome, should_stop=self._stop)
         except DigestError as exc:
             log.error("run failed: %s", exc)
             self._count_failure(before)
         except Exception as exc:  # a bug must not take the daemon down; it is retried later
-            log.error("run crashed (a bug in digest): %s: %s", type(exc).__name__, exc)
-            log.debug("traceback", exc_info=True)
+            if error := volume.os_error(exc) if isinstance(exc, OSError) else None:
+                log.error("run failed: %s", error)  # e.g. subscribers.csv unreadable
+            else:
+                log.error("run crashed (a bug in digest): %s: %s", type(exc).__name__, exc)
+                log.debug("traceback", exc_info=True)
             self._count_failure(before)
         else:
             self._log_report(report)
+        finally:
+            self.attempt_after = None
 
     def _stop(self) -> bool:
         return self.stop_requested
@@ -312,9 +377,24 @@ class Daemon:
         )
 
 
+def log_in_zone(zone: ZoneInfo) -> None:
+    """Log lines carry their time in DIGEST_TIMEZONE, like everything else the daemon shows
+    (not the machine's zone, which in a container is UTC)."""
+
+    def converter(seconds: float | None) -> time_module.struct_time:
+        return datetime.fromtimestamp(
+            time_module.time() if seconds is None else seconds, zone
+        ).timetuple()
+
+    for handler in logging.getLogger().handlers:
+        if handler.formatter is not None:
+            handler.formatter.converter = converter
+
+
 def run_daemon(settings: Settings) -> int:
     """`digest run`: until SIGTERM or SIGINT; returns the exit status (0 on a requested stop)."""
     settings.require_from()
+    log_in_zone(settings.tz)
     daemon = Daemon(settings)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)

@@ -17,6 +17,7 @@ import ssl
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parseaddr
@@ -105,6 +106,19 @@ class Spacer:
             self.sleep(slot - now)
 
 
+_live: weakref.WeakSet[Messenger] = weakref.WeakSet()  # every Messenger of this process
+_live_lock = threading.Lock()
+
+
+def abort_all() -> int:
+    """Cut every SMTP connection of this process at once (`Messenger.abort`), from any thread:
+    the daemon's last resort when a stop cannot wait for the mail server. Returns how many
+    connections were open."""
+    with _live_lock:
+        messengers = list(_live)
+    return sum(messenger.abort() for messenger in messengers)
+
+
 class Messenger:
     """One SMTP connection, opened on entry and reused for every message. Several Messengers
     (one per sender thread) share the rate when given the same `spacer`."""
@@ -114,6 +128,9 @@ class Messenger:
         self.sender = settings.require_from()
         self._smtp: smtplib.SMTP | None = None
         self.spacer = spacer or Spacer(settings.smtp_rate)
+        self._aborted = False
+        with _live_lock:
+            _live.add(self)
 
     def __enter__(self) -> Messenger:
         self.connect()
@@ -174,6 +191,8 @@ class Messenger:
         """Send one message, (re)connecting first when needed. A refusal of this recipient or
         message, or a connection lost in the middle, is a result; not reaching the server (or
         it refusing the login or the sender) is an SmtpError."""
+        if self._aborted:  # cut by a stop: open no new connection; the email stays pending
+            return SendResult(False, 0, "not sent: the run was stopped", lost=True)
         if self._smtp is None:
             self.connect()
         assert self._smtp is not None
@@ -198,14 +217,19 @@ class Messenger:
             return SendResult(False, 0, str(exc) or type(exc).__name__, lost=True)
         return SendResult(True)
 
-    def abort(self) -> None:
-        """From another thread: stop waiting on the server now (a send in progress returns as
-        cut off, its email stays pending)."""
+    def abort(self) -> bool:
+        """Cut the connection now, from any thread: a read or write blocked on it (a server
+        that does not answer) fails at once, so `send` returns `lost` (the email stays pending
+        and goes out again as it was, same Message-ID); later sends open no new connection.
+        Returns whether a connection was open."""
+        self._aborted = True
         smtp = self._smtp
         sock = getattr(smtp, "sock", None) if smtp is not None else None
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+        if sock is None:
+            return False
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+        return True
 
     def refresh(self) -> None:
         """Make sure the connection is still open (it may have idled out): NOOP, else reconnect."""

@@ -1,5 +1,9 @@
 """`digest status`: what the last runs did, what is owed, whether the daemon is alive and when
-the next run is due; `--check` turns that into an exit status for a container's HEALTHCHECK."""
+the next run is due; `--check` turns that into an exit status for a container's HEALTHCHECK.
+
+Unhealthy (`problems`): the daemon never ran, stopped, went silent or missed a day's run; the
+subscribers file is missing, unreadable or has no valid row; the database cannot be written
+(its folder, the file or its -wal/-shm files, a read-only mount, a full disk)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from digest import outbox, store
+from digest import outbox, store, subscribers, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.scheduler import REASONS, local_day, missed_day, plan_from_db
@@ -85,6 +89,7 @@ def gather(
                 f"the daemon missed the run for {missed} (due {settings.send_at} "
                 f"{settings.timezone}; {last}); see `digest status`"
             )
+    problems.extend(file_problems(settings))
     return Status(
         now=store.now_iso(now),
         timezone=settings.timezone,
@@ -106,6 +111,29 @@ def gather(
         missed=missed,
         problems=problems,
     )
+
+
+def file_problems(settings: Settings) -> list[str]:
+    """What keeps the next run from working that the daemon cannot see while it waits: the
+    database cannot be written, the subscribers file is unusable or lists nobody valid."""
+    found = []
+    if problem := volume.database_problem(settings.db_path):
+        found.append(f"{settings.db_path}: the database cannot be written: {problem}")
+    path = settings.subscribers_path
+    try:
+        people, bad = subscribers.load(path)
+    except DigestError as exc:
+        found.append(str(exc))
+    except OSError as exc:
+        found.append(str(volume.os_error(exc) or f"{path}: {exc}"))
+    else:
+        if not people:
+            rows = f"{len(bad)} row{'s' * (len(bad) != 1)}, none valid" if bad else "no rows"
+            found.append(
+                f"{path}: no valid subscriber ({rows}), so nothing would be sent; "
+                f"`digest subscribers check` shows what to fix"
+            )
+    return found
 
 
 def _local(moment: datetime | object, settings: Settings) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from digest import volume
 from digest.errors import DigestError
 from digest.match import HIGHLIGHT_END, HIGHLIGHT_START, Hit, fts_phrase, spans_from_highlight
 from digest.migrations import MIGRATIONS
@@ -34,15 +35,21 @@ def open_db(path: Path) -> sqlite_utils.Database:
             f"{path}: the folder {path.parent} does not exist; create it or "
             f"point DIGEST_DB elsewhere"
         )
-    db = sqlite_utils.Database(path)
-    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    _enable_wal(db)
-    # In WAL mode a commit then writes the log without waiting for the disk (tens of
-    # microseconds): it survives a killed process, not a power cut (see README, "What
-    # happens when things fail").
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("PRAGMA foreign_keys = ON")
-    migrate(db)
+    volume.check_database_file(path)  # SQLite would open another user's file read-only
+    try:
+        db = sqlite_utils.Database(path)
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        _enable_wal(db)
+        # In WAL mode a commit then writes the log without waiting for the disk (tens of
+        # microseconds): it survives a killed process, not a power cut (see README, "What
+        # happens when things fail").
+        db.execute("PRAGMA synchronous = NORMAL")
+        db.execute("PRAGMA foreign_keys = ON")
+        migrate(db)
+    except sqlite3.OperationalError as exc:  # e.g. the folder (a volume) is not writable
+        if error := volume.database_error(path, exc):
+            raise error from None
+        raise
     return db
 
 
@@ -406,6 +413,26 @@ def daemon_heartbeat(db: sqlite_utils.Database, now: datetime | None = None) -> 
 def daemon_stopped(db: sqlite_utils.Database, now: datetime | None = None) -> None:
     with immediate(db):
         db.execute("UPDATE daemon SET stopped_at = ? WHERE id = 1", [now_iso(now)])
+
+
+def record_forced_stop(
+    path: Path, after_run: int | None, message: str, now: datetime | None = None
+) -> None:
+    """The daemon exits before its run could end (called from another thread, on a connection
+    of its own that waits at most a second for a lock): the send runs after `after_run` still
+    running (the daemon's own: it holds the run lock) become `stopped`; the daemon stopped."""
+    conn = sqlite3.connect(path, timeout=1.0)
+    try:
+        with conn:
+            if after_run is not None:
+                conn.execute(
+                    "UPDATE runs SET status = 'stopped', finished_at = ?, message = ? "
+                    "WHERE status = 'running' AND kind = 'send' AND id > ?",
+                    [now_iso(now), message, after_run],
+                )
+            conn.execute("UPDATE daemon SET stopped_at = ? WHERE id = 1", [now_iso(now)])
+    finally:
+        conn.close()
 
 
 def daemon_row(db: sqlite_utils.Database) -> dict[str, object] | None:

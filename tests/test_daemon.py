@@ -11,12 +11,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from helpers import ADA, GRACE, Digest, messages_to
+from helpers import ADA, ADA_ROW, GRACE, Digest, messages_to
 from standins import Fault
 
 # `digest` (conftest.py): Ada ("reward model") and Grace ("graph neural network; reward model").
@@ -151,8 +152,11 @@ def test_it_sends_at_the_send_time_once_a_day_and_stops_on_sigterm(
     assert stopped.returncode == 1
     assert re.fullmatch(r"Error: the daemon stopped at \S+ \S+ \S+\n", stopped.stderr)
     assert "SIGTERM received" in first.log and "digest run stopped" in first.log
-    for line in first.lines:  # one line per event, each with its time
-        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line), line
+    for line in first.lines:  # one line per event, each with its time in DIGEST_TIMEZONE
+        stamp = re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", line)
+        assert stamp, line
+        logged = datetime.strptime(stamp[0], "%Y-%m-%d %H:%M:%S,%f ").replace(tzinfo=ZoneInfo(zone))
+        assert abs(logged - datetime.now(UTC)) < timedelta(minutes=5), line
 
     # Restarted the same day: today's run happened (says the database), nothing more is sent.
     again = start(digest, daemons, send_at=send_at, timezone=zone)
@@ -206,6 +210,139 @@ def test_sigterm_while_sending_finishes_that_email_records_it_and_exits_0(
     again.wait_for(r"run \d+ ok: .* 1 emails sent, 0 failed")
     assert again.stop() == 0
     assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, GRACE)) == 1
+
+
+@pytest.mark.parametrize("subscribers", [1, 2])
+def test_a_mail_server_hanging_past_the_stop_timeout_is_cut_off_and_the_email_sent_again(
+    digest: Digest, daemons: list[Daemon], subscribers: int
+) -> None:
+    """`docker stop` gives 10 s before SIGKILL; a mail server that does not answer would keep
+    the run waiting DIGEST_SMTP_TIMEOUT (here 120 s). After DIGEST_STOP_TIMEOUT the connection
+    is cut: exit 0 at once, the email pending, the run `stopped`; the next start sends that
+    very email (same Message-ID) and the others, nobody twice."""
+    zone, local = zone_away_from_midnight(timedelta(0))
+    send_at = (local - timedelta(minutes=5)).strftime("%H:%M")
+    digest.extra_env.update(
+        DIGEST_SMTP_CONNECTIONS="1", DIGEST_SMTP_TIMEOUT="120", DIGEST_STOP_TIMEOUT="2"
+    )
+    if subscribers == 1:  # the email cut off is the run's last one
+        digest.write_subscribers([ADA_ROW])
+    gate = threading.Event()  # never set while the daemon runs: the server hangs in DATA
+    digest.smtp.data_gate = gate
+    try:
+        daemon = start(digest, daemons, send_at=send_at, timezone=zone)
+        assert digest.smtp.data_waiting.wait(LIMIT), daemon.log  # Ada's email is in DATA
+        [(message_id, status)] = digest.query("SELECT message_id, status FROM emails")
+        assert status == "pending"
+        signalled = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = daemon.wait()
+        took = time.monotonic() - signalled
+    finally:
+        gate.set()
+        digest.smtp.data_gate = None
+    assert code == 0, daemon.log
+    assert 2 <= took < 10, f"exited {took:.1f} s after SIGTERM:\n{daemon.log}"
+    assert "SIGTERM received: finishing the email being sent (at most 2 s)" in daemon.log
+    assert re.search(
+        r"still busy 2 s after the stop request: cut 1 mail server connection", daemon.log
+    )
+    assert digest.query("SELECT message_id, status FROM emails") == [(message_id, "pending")]
+    [(status, message)] = digest.query("SELECT status, message FROM runs")
+    assert status == "stopped", daemon.log
+    assert message == f"stopped before {subscribers} of {subscribers} subscribers"
+    assert not digest.delivered(ADA) and not digest.delivered(GRACE)
+    shown = digest.run("status").stdout
+    assert re.search(rf"^  {re.escape(ADA)}: [1-9]\d* papers, pending since ", shown, re.M), shown
+
+    again = start(digest, daemons, send_at=send_at, timezone=zone)
+    again.wait_for(rf"run \d+ ok: .* {subscribers} emails sent, 0 failed")
+    assert again.stop() == 0
+    [ada] = messages_to(digest.smtp, ADA)  # the server dropped the cut-off one; sent once
+    assert ada["Message-ID"] == message_id
+    assert len(messages_to(digest.smtp, GRACE)) == subscribers - 1
+    assert digest.query("SELECT status FROM emails WHERE message_id = ?", [message_id]) == [
+        ("sent",)
+    ]
+    assert digest.delivered(ADA) and bool(digest.delivered(GRACE)) == (subscribers == 2)
+
+
+def test_a_run_stuck_elsewhere_after_sigterm_is_recorded_stopped_and_the_daemon_exits_0(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    """Blocked on something that is not the mail server (here arXiv, answering after 120 s):
+    DIGEST_STOP_TIMEOUT + 2 s after SIGTERM the run is recorded `stopped`, the process exits 0,
+    and the next start runs again at once."""
+    zone, local = zone_away_from_midnight(timedelta(0))
+    send_at = (local - timedelta(minutes=5)).strftime("%H:%M")
+    digest.extra_env.update(DIGEST_ARXIV_TIMEOUT="120", DIGEST_STOP_TIMEOUT="1")
+    digest.arxiv.fault_on_page(0, Fault.hang(120))
+
+    daemon = start(digest, daemons, send_at=send_at, timezone=zone)
+    daemon.wait_for(r"run for \S+ starting")
+    deadline = time.monotonic() + LIMIT
+    while not digest.arxiv.requests and time.monotonic() < deadline:
+        time.sleep(0.05)  # waiting for the daemon to be in the (hanging) fetch
+    assert digest.arxiv.requests, daemon.log
+    signalled = time.monotonic()
+    code = daemon.stop()
+    took = time.monotonic() - signalled
+    assert code == 0, daemon.log
+    assert 3 <= took < 10, f"exited {took:.1f} s after SIGTERM:\n{daemon.log}"
+    [(status, message)] = digest.query("SELECT status, message FROM runs")
+    assert (status, message) == (
+        "stopped",
+        "stopped: still busy 3 s after the stop request, the process exited",
+    )
+    [(stopped_at,)] = digest.query("SELECT stopped_at FROM daemon")
+    assert stopped_at is not None
+    assert digest.smtp.messages == []
+
+    again = start(digest, daemons, send_at=send_at, timezone=zone)
+    again.wait_for(r"run \d+ ok: .* 2 emails sent, 0 failed")
+    assert again.stop() == 0
+    assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, GRACE)) == 1
+
+
+def test_the_health_check_fails_when_the_subscribers_file_is_missing_or_lists_nobody_valid(
+    digest: Digest, daemons: list[Daemon]
+) -> None:
+    """The daemon has done today's run and waits for tomorrow: without a usable subscribers
+    file tomorrow's run would send nothing, so the health check says so now."""
+    zone, _ = zone_away_from_midnight(timedelta(0))
+    daemon = start(digest, daemons, send_at="00:00", timezone=zone)
+    daemon.wait_for(r"run \d+ ok: .* 2 emails sent, 0 failed")
+    healthy = digest.run("status", "--check")
+    assert (healthy.returncode, healthy.stdout, healthy.stderr) == (0, "", "")
+    original = digest.csv_path.read_text(encoding="utf-8")
+
+    digest.csv_path.unlink()
+    missing = digest.run("status", "--check")
+    assert (missing.returncode, missing.stdout) == (1, "")
+    assert missing.stderr == (
+        "Error: subscribers.csv: no such file. Create it with a header row "
+        "'email,name,keywords' or point DIGEST_SUBSCRIBERS at yours.\n"
+    )
+    found = json.loads(digest.run("status", "--json").stdout)
+    assert found["healthy"] is False and found["problems"] == [missing.stderr[7:-1]]
+
+    digest.write_subscribers("email,name,keywords\nnot-an-address,Ada,reward model\n")
+    nobody = digest.run("status", "--check")
+    assert (nobody.returncode, nobody.stdout) == (1, "")
+    assert nobody.stderr == (
+        "Error: subscribers.csv: no valid subscriber (1 row, none valid), so nothing would "
+        "be sent; `digest subscribers check` shows what to fix\n"
+    )
+    digest.write_subscribers("email,name,keywords\n")
+    assert digest.run("status", "--check").stderr == (
+        "Error: subscribers.csv: no valid subscriber (no rows), so nothing would be sent; "
+        "`digest subscribers check` shows what to fix\n"
+    )
+
+    digest.csv_path.write_text(original, encoding="utf-8")
+    again = digest.run("status", "--check")
+    assert (again.returncode, again.stdout, again.stderr) == (0, "", "")
+    assert daemon.stop() == 0
 
 
 def test_a_failing_run_is_retried_later_with_backoff_and_the_daemon_lives_on(
