@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -76,7 +77,7 @@ class Settings:
             smtp_user=reader.get("SMTP_USER", str, None),
             smtp_password=reader.get("SMTP_PASSWORD", str, None, secret=True),
             smtp_timeout=reader.get("SMTP_TIMEOUT", _positive(float), cls.smtp_timeout),
-            from_addr=reader.get("FROM", str, None),
+            from_addr=reader.get("FROM", _sender, None),
             smtp_connections=reader.get("SMTP_CONNECTIONS", _connections, cls.smtp_connections),
             smtp_rate=reader.get("SMTP_RATE", _non_negative(float), cls.smtp_rate),
             send_at=reader.get("SEND_AT", _clock, cls.send_at),
@@ -227,6 +228,18 @@ def _secret(raw: str) -> str:
             f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return raw
+
+
+DEFAULT_DISPLAY_NAME = "arXiv digest"
+
+
+def _sender(raw: str) -> str:
+    """The From address, with a display name: "arXiv digest" when none is given (an address
+    alone reads as a machine's, and some filters score a From without a name)."""
+    name, address = parseaddr(raw)
+    if name or not address or "@" not in address:
+        return raw
+    return formataddr((DEFAULT_DISPLAY_NAME, address))
 
 
 def _dkim_key(raw: str) -> Path:
