@@ -23,6 +23,7 @@ from urllib.parse import quote
 from digest import store, subscribers
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.latex import readable
 from digest.match import distinct_keywords
 from digest.models import Paper
 from digest.plan import match_keywords
@@ -76,10 +77,34 @@ def md_comment(comment: str) -> str:
 
 
 def md_row(paper: Paper) -> str:
-    title = f"**[{md_text(paper.title)}]({md_url(paper.abs_url)})**"
-    abstract = f"<details><summary>Show</summary><p>{md_text(paper.abstract)}</p></details>"
-    cells = [title, paper.published.date().isoformat(), abstract, md_comment(paper.comment)]
-    return "| " + " | ".join(cells) + " |"
+    """One table row; LaTeX in the title, abstract and comment made readable first."""
+    title = f"**[{md_text(readable(paper.title))}]({md_url(paper.abs_url)})**"
+    abstract = (
+        f"<details><summary>Show</summary><p>{md_text(readable(paper.abstract))}</p></details>"
+    )
+    date = paper.published.date().isoformat()
+    return "| " + " | ".join([title, date, abstract, md_comment(readable(paper.comment))]) + " |"
+
+
+@dataclass(frozen=True)
+class Row:
+    """What the HTML page shows of one paper: text from arXiv, LaTeX made readable."""
+
+    title: str
+    abs_url: str
+    date: str
+    abstract: str
+    comment: str
+
+    @classmethod
+    def of(cls, paper: Paper) -> Row:
+        return cls(
+            title=readable(paper.title),
+            abs_url=paper.abs_url,
+            date=paper.published.date().isoformat(),
+            abstract=readable(paper.abstract),
+            comment=readable(paper.comment),
+        )
 
 
 def markdown(tables: Sequence[KeywordTable], day: str, limit: int) -> str:
@@ -108,7 +133,8 @@ def markdown(tables: Sequence[KeywordTable], day: str, limit: int) -> str:
 
 def html_page(tables: Sequence[KeywordTable], day: str, limit: int) -> str:
     page = template("archive.html")
-    return page.render(tables=tables, day=day, limit=limit, collapse=COLLAPSE_COMMENT_AT)
+    shown = [{"keyword": t.keyword, "rows": [Row.of(p) for p in t.papers]} for t in tables]
+    return page.render(tables=shown, day=day, limit=limit, collapse=COLLAPSE_COMMENT_AT)
 
 
 def newest(

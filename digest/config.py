@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
+from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -55,6 +56,9 @@ class Settings:
     retry_backoff: float = 5.0
     suspend_after: int = 3
     secret: str | None = field(default=None, repr=False)  # signs unsubscribe links
+    dkim_key: Path | None = None  # PEM private key file; None: emails are not DKIM-signed
+    dkim_selector: str | None = None
+    dkim_domain: str | None = None  # None: the From address's domain
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -74,7 +78,7 @@ class Settings:
             smtp_user=reader.get("SMTP_USER", str, None),
             smtp_password=reader.get("SMTP_PASSWORD", str, None, secret=True),
             smtp_timeout=reader.get("SMTP_TIMEOUT", _positive(float), cls.smtp_timeout),
-            from_addr=reader.get("FROM", str, None),
+            from_addr=reader.get("FROM", _sender, None),
             smtp_connections=reader.get("SMTP_CONNECTIONS", _connections, cls.smtp_connections),
             smtp_rate=reader.get("SMTP_RATE", _non_negative(float), cls.smtp_rate),
             send_at=reader.get("SEND_AT", _clock, cls.send_at),
@@ -95,8 +99,13 @@ class Settings:
             retry_backoff=reader.get("RETRY_BACKOFF", _non_negative(float), cls.retry_backoff),
             suspend_after=reader.get("SUSPEND_AFTER", _positive(int), cls.suspend_after),
             secret=reader.get("SECRET", _secret, None, secret=True),
+            dkim_key=reader.get("DKIM_KEY", _dkim_key, None),
+            dkim_selector=reader.get("DKIM_SELECTOR", _dns_label, None),
+            dkim_domain=reader.get("DKIM_DOMAIN", _domain, None),
         )
-        return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+        _check_dkim(settings)
+        return settings
 
     @property
     def tz(self) -> ZoneInfo:
@@ -221,6 +230,62 @@ def _secret(raw: str) -> str:
             f"python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
         )
     return raw
+
+
+DEFAULT_DISPLAY_NAME = "arXiv digest"
+
+
+def _sender(raw: str) -> str:
+    """The From address, with a display name: "arXiv digest" when none is given (an address
+    alone reads as a machine's, and some filters score a From without a name)."""
+    name, address = parseaddr(raw)
+    if name or not address or "@" not in address:
+        return raw
+    return formataddr((DEFAULT_DISPLAY_NAME, address))
+
+
+def _dkim_key(raw: str) -> Path:
+    """A readable PEM RSA private key (checked here, so a bad one stops the run at once)."""
+    from digest.dkim import key_problem  # dkimpy and cryptography only when DKIM is used
+
+    path = Path(raw).expanduser()
+    problem = key_problem(path)
+    if problem:
+        raise ValueError(problem)
+    return path
+
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+
+
+def _dns_label(raw: str) -> str:
+    """A DKIM selector: DNS labels separated by dots (e.g. digest, or 2026.digest)."""
+    if not re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})*", raw):
+        raise ValueError("use letters, digits, '-' and '.', as in a DNS name, e.g. digest")
+    return raw
+
+
+def _domain(raw: str) -> str:
+    name = raw.rstrip(".").lower()
+    if not re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})+", name):
+        raise ValueError("use a domain name, e.g. example.org")
+    return name
+
+
+def _check_dkim(settings: Settings) -> None:
+    """DKIM settings that only make sense together."""
+    if settings.dkim_key is not None and not settings.dkim_selector:
+        raise ConfigError(
+            f"{PREFIX}DKIM_SELECTOR is not set: with {PREFIX}DKIM_KEY set it names the DNS "
+            f"record of the public key (SELECTOR._domainkey.DOMAIN), "
+            f"e.g. export {PREFIX}DKIM_SELECTOR=digest"
+        )
+    if settings.dkim_key is None and (settings.dkim_selector or settings.dkim_domain):
+        which = "DKIM_SELECTOR" if settings.dkim_selector else "DKIM_DOMAIN"
+        raise ConfigError(
+            f"{PREFIX}{which} is set but {PREFIX}DKIM_KEY is not: set {PREFIX}DKIM_KEY to the "
+            f"PEM private key file to sign emails, or unset {PREFIX}{which}"
+        )
 
 
 def _clock(raw: str) -> str:

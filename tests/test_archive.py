@@ -168,6 +168,10 @@ HOSTILE_ABSTRACT = (
     "We train a reward model.\n| --- | --- |\nAnother | row <img src=x onerror=alert(1)> "
     "and `code` & $a_i < b_j$ and a back\\slash."
 )
+HOSTILE_ABSTRACT_READABLE = (
+    "We train a reward model.\n| \u2014 | \u2014 |\nAnother | row <img src=x onerror=alert(1)> "
+    "and `code` & a\u1d62 < b\u2c7c and a back\\slash."
+)
 HOSTILE_COMMENT = "12 pages | 3 figures\n<b>Accepted</b> at *ICML* | code: https://x.org/a_b"
 
 
@@ -200,7 +204,8 @@ def test_markdown_escaping_keeps_each_paper_one_row_of_four_cells_and_inert(
     _header, first, second = table
     assert len(first) == len(second) == 4
     assert first[0] == " ".join(HOSTILE_TITLE.split())  # the title reads as written
-    assert first[2] == "Show" + " ".join(HOSTILE_ABSTRACT.split())  # <summary> then <p>
+    # <summary> then <p>; the abstract's LaTeX ($a_i < b_j$, and so its --- too) made readable.
+    assert first[2] == "Show" + " ".join(HOSTILE_ABSTRACT_READABLE.split())
     assert first[3].endswith(" ".join(HOSTILE_COMMENT.split()))
     assert second[0] == "A calm reward model paper"
     # Nothing from arXiv became markup: no script, image, bold tag, emphasis or extra link.
@@ -221,6 +226,32 @@ def test_html_escaping_keeps_arxiv_text_as_text(hostile: Digest) -> None:
     assert "script" not in page.tags and "img" not in page.tags and "b" not in page.tags
     _header, first, _ = page.tables[0]
     assert " ".join(first[0].split()) == " ".join(HOSTILE_TITLE.split())
+    assert " ".join(first[2].split()) == "Show" + " ".join(HOSTILE_ABSTRACT_READABLE.split())
+
+
+def test_latex_in_titles_abstracts_and_comments_reads_as_text(
+    digest: Digest, papers_fixture: list
+) -> None:
+    paper = paper_from_fixture(papers_fixture[0], datetime.now(UTC) - timedelta(hours=1))
+    paper.update(
+        id="2511.99997v1",
+        title="PB$^2$: reward model exploration with $\\alpha$-divergence",
+        abstract="A reward model that is \\emph{more robust} and runs in $O(n^2)$ for $5.",
+        comment="Code at $\\href{https://x.org/c}{\\text{this https URL}}$",
+    )
+    digest.arxiv.papers = [paper]
+    filled(digest)
+    for fmt in ("md", "html"):
+        result = digest.run("archive", "--format", fmt, "--keyword", "reward model")
+        assert result.returncode == 0, result.stderr
+    md = (digest.home / "archive.md").read_text(encoding="utf-8")
+    assert "PB\u00b2: reward model exploration with \u03b1-divergence" in md
+    assert "A reward model that is more robust and runs in O(n\u00b2) for $5." in md
+    assert "this https URL &lt;https://x.org/c&gt;" in md  # HTML-escaped in Markdown
+    page = as_browser_would((digest.home / "archive.html").read_text(encoding="utf-8"))
+    _header, row = page.tables[0]
+    assert row[0] == "PB\u00b2: reward model exploration with \u03b1-divergence"
+    assert "runs in O(n\u00b2) for $5." in row[2] and "\\emph" not in row[2]
 
 
 def test_archive_errors_name_what_to_change(digest: Digest) -> None:

@@ -72,3 +72,26 @@ def test_settings_from_environment() -> None:
     with pytest.raises(ConfigError, match="DIGEST_TIMEZONE='Mars/Base' is not valid"):
         Settings.from_env({"DIGEST_TIMEZONE": "Mars/Base"})
     assert "hunter2" not in repr(Settings.from_env({"DIGEST_SMTP_PASSWORD": "hunter2"}))
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        ("digest@example.org", "arXiv digest <digest@example.org>"),
+        ("<digest@example.org>", "arXiv digest <digest@example.org>"),
+        ("Lab papers <papers@lab.example>", "Lab papers <papers@lab.example>"),
+        ('"Zoë, digest" <d@example.org>', '"Zoë, digest" <d@example.org>'),
+    ],
+)
+def test_from_gets_a_display_name_when_it_has_none(given: str, used: str) -> None:
+    assert Settings.from_env({"DIGEST_FROM": given}).from_addr == used
+
+
+def test_message_ids_do_not_contain_the_from_address() -> None:
+    from digest.mailer import new_message_id
+
+    ids = {new_message_id("arXiv digest <digest@example.org>") for _ in range(100)}
+    assert len(ids) == 100
+    for message_id in ids:
+        assert message_id.startswith("<") and message_id.endswith("@example.org>")
+        assert "digest@example.org" not in message_id

@@ -1,0 +1,222 @@
+"""DKIM signing (optional): DIGEST_DKIM_KEY, DIGEST_DKIM_SELECTOR, DIGEST_DKIM_DOMAIN.
+
+With a key set, every email gets a DKIM-Signature (rsa-sha256, relaxed/relaxed) by the From
+address's domain (or DIGEST_DKIM_DOMAIN) covering From, To, Subject, Date, Message-ID, List-Id,
+List-Unsubscribe, List-Unsubscribe-Post (signed even when absent, so nobody can add it), the
+MIME headers and Auto-Submitted; From is signed twice so a second From cannot be added.
+Gmail shows its unsubscribe button only when such a signature covers the List-Unsubscribe pair.
+
+Two paths give the same signature:
+- `Signer.sign_with_dkimpy(message)`: dkimpy's own `dkim.sign` (~50 ms for a 130 KB email
+  here: its body canonicalization and its pure-Python RSA);
+- `Signer.sign(message)` / `Signer.header(head, body_hash)`: the body hash with two C-level
+  regular expressions over the body bytes (RFC 6376 3.4.4, as dkimpy's `Relaxed`), the header
+  hash with dkimpy's own functions (`rfc822_parse`, `hash_headers`, `fold`), and the RSA
+  PKCS#1 v1.5 signature by OpenSSL (`cryptography`), a few ms. The tests check both produce
+  byte for byte the same header and that `dkim.verify` accepts it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from email.utils import parseaddr
+from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim.canonicalization import CanonicalizationPolicy, strip_trailing_lines
+
+from digest.config import PREFIX, Settings
+from digest.errors import ConfigError
+
+CANONICALIZE = (b"relaxed", b"relaxed")
+SIGNED_HEADERS = (
+    b"from",
+    b"to",
+    b"subject",
+    b"date",
+    b"message-id",
+    b"list-id",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
+    b"auto-submitted",
+    b"mime-version",
+    b"content-type",
+    b"from",  # twice: a From added in transit breaks the signature
+)
+MIN_KEY_BITS = 1024
+_POLICY = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZE))
+_TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
+_WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")  # only the runs relaxed changes (not single spaces)
+_HEADER_NAME = "DKIM-Signature"
+
+
+def relaxed_body(body: bytes) -> bytes:
+    """The body in DKIM's relaxed canonical form (RFC 6376 3.4.4), for CRLF-ended lines: no
+    space or tab at a line's end, each run of them one space, no empty lines at the end.
+
+    What dkimpy's `Relaxed.canonicalize_body` gives (checked in the tests), ~20 times faster
+    on our emails: Python's regex engine is slow on a run per space, so the common case (no
+    tab, no space at a line's end: quoted-printable encodes those) only halves double spaces
+    with bytes.replace, in C, until none is left."""
+    if b"\t" in body or b" \r\n" in body or body.endswith(b" "):
+        body = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))
+    else:
+        while b"  " in body:
+            body = body.replace(b"  ", b" ")
+    body = strip_trailing_lines(body)
+    return b"" if body == b"\r\n" else body
+
+
+def body_hash(body: bytes) -> bytes:
+    """bh=: base64 of the sha256 of the relaxed body."""
+    return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
+
+
+def split_message(message: bytes) -> tuple[bytes, bytes]:
+    """(header block with its CRLFs, body) of a CRLF message."""
+    head, found, body = message.partition(b"\r\n\r\n")
+    if not found:
+        return message, b""
+    return head + b"\r\n", body
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs messages by `domain` with the key published at `selector`._domainkey.`domain`."""
+
+    key_pem: bytes
+    selector: str
+    domain: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_key", _load_key(self.key_pem))  # ValueError if unusable
+
+    def __repr__(self) -> str:  # never the key
+        return f"Signer(selector={self.selector!r}, domain={self.domain!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Signer | None:
+        """The signer the settings ask for, or None when DIGEST_DKIM_KEY is not set."""
+        if settings.dkim_key is None:
+            return None
+        if not settings.dkim_selector:
+            raise ConfigError(
+                f"{PREFIX}DKIM_SELECTOR is not set: it must be, with {PREFIX}DKIM_KEY"
+            )
+        domain = settings.dkim_domain or _from_domain(settings.require_from())
+        problem = key_problem(settings.dkim_key)
+        if problem:
+            raise ConfigError(f"{PREFIX}DKIM_KEY={str(settings.dkim_key)!r}: {problem}")
+        return cls(settings.dkim_key.read_bytes(), settings.dkim_selector, domain)
+
+    def sign(self, message: bytes, *, timestamp: int | None = None) -> bytes:
+        """`message` (CRLF lines, as mailer.message_bytes writes it) with a DKIM-Signature
+        header prepended. A message with bare LF line ends goes through dkimpy instead."""
+        head, body = split_message(message)
+        if body.count(b"\n") != body.count(b"\r\n") or head.count(b"\n") != head.count(b"\r\n"):
+            return self.sign_with_dkimpy(message) + message
+        return self.header(head, body_hash(body), timestamp=timestamp) + message
+
+    def header(self, head: bytes, bh: bytes, *, timestamp: int | None = None) -> bytes:
+        """The DKIM-Signature header line (CRLF-ended) for a message whose header block is
+        `head` and whose body hash (`body_hash(body)`) is `bh`: prepend it to the message."""
+        headers, _ = dkim.rfc822_parse(head + b"\r\n")
+        domain, selector = self.domain.encode("ascii"), self.selector.encode("ascii")
+        fields = [
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", _POLICY.to_c_value()),
+            (b"d", domain),
+            (b"i", b"@" + domain),
+            (b"q", b"dns/txt"),
+            (b"s", selector),
+            (b"t", str(int(time.time()) if timestamp is None else timestamp).encode("ascii")),
+            (b"h", b" : ".join(SIGNED_HEADERS)),
+            (b"bh", bh),
+            (b"b", b"0" * 60),  # as dkimpy: b= folds onto a line of its own
+        ]
+        # What dkimpy's DomainSigner.gen_header does, with OpenSSL's RSA instead of its own.
+        name = _HEADER_NAME.encode("ascii")
+        value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name))
+        value = dkim.RE_BTAG.sub(b"\\1", value)
+        hasher = hashlib.sha256()
+        dkim.hash_headers(
+            hasher,
+            _POLICY,
+            _POLICY.canonicalize_headers(headers),
+            SIGNED_HEADERS,
+            (name, b" " + value),
+            dict(fields),
+        )
+        key: rsa.RSAPrivateKey = self._key  # type: ignore[attr-defined]
+        signature = key.sign(hasher.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
+        fields[-1] = (b"b", base64.b64encode(signature))
+        value = b"; ".join(b"=".join(f) for f in fields) + b"\r\n"
+        return name + b": " + dkim.fold(value, namelen=len(name))
+
+    def sign_with_dkimpy(self, message: bytes) -> bytes:
+        """dkimpy's own `dkim.sign` of `message`: the DKIM-Signature header line alone (its
+        t= is the clock's second; `header(..., timestamp=t)` gives the same bytes)."""
+        return dkim.DKIM(message).sign(
+            self.selector.encode("ascii"),
+            self.domain.encode("ascii"),
+            self.key_pem,
+            canonicalize=CANONICALIZE,
+            include_headers=list(SIGNED_HEADERS),
+        )
+
+    def dns_record(self) -> str:
+        """The TXT record to publish at `selector`._domainkey.`domain`."""
+        key: rsa.RSAPrivateKey = self._key  # type: ignore[attr-defined]
+        public = key.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode('ascii')}"
+
+
+def key_problem(path: Path) -> str | None:
+    """What is wrong with the key file at `path` for signing, or None when it is usable."""
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        return (
+            f"cannot read the key file ({exc.strerror}); point it at the PEM private key "
+            f"whose public half is published in DNS"
+        )
+    try:
+        _load_key(pem)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _load_key(pem: bytes) -> rsa.RSAPrivateKey:
+    """The RSA private key in `pem`, readable by both OpenSSL and dkimpy; else ValueError."""
+    hint = (
+        "use an RSA private key in PEM form, not encrypted, e.g. made by "
+        "openssl genrsa -out dkim.pem 2048"
+    )
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+        dkim.crypto.parse_pem_private_key(pem)
+    except (ValueError, TypeError, dkim.crypto.UnparsableKeyError):
+        raise ValueError(f"the file is not a usable private key: {hint}") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError(f"the key is not an RSA key: {hint}")
+    if key.key_size < MIN_KEY_BITS:
+        raise ValueError(
+            f"the key has {key.key_size} bits, receivers want at least {MIN_KEY_BITS}: {hint}"
+        )
+    return key
+
+
+def _from_domain(sender: str) -> str:
+    address = parseaddr(sender)[1] or sender
+    return address.rpartition("@")[2].lower()
