@@ -48,7 +48,7 @@ from digest.blocks import (
     _Piece,
     _Slow,
 )
-from digest.mailer import qp_part_cached
+from digest.mailer import qp_part_cached, qp_size, qp_weight
 from digest.models import Digest, RenderedEmail
 from digest.render import _email, _fit, _strings, render_at, render_reference, render_text
 
@@ -64,7 +64,7 @@ _Part = tuple[str, str, Callable[[str], str] | None]
 class _Layout:
     html: tuple[_Part, ...]
     text: tuple[_Part, ...]
-    html_literal_size: int  # bytes of every literal part of the HTML together
+    html_literal_size: int  # mailer.qp_weight of every literal part of the HTML together
 
 
 class Renderer:
@@ -183,7 +183,7 @@ class Renderer:
                 )
             return cache[full, shown]
 
-        def size(full: int, shown: int) -> int:  # of the HTML in bytes, without building it
+        def size(full: int, shown: int) -> int:  # of the HTML part as encoded, not building it
             _, layout, values = shape(full, shown)
             total = layout.html_literal_size + full_sums[full]
             if shown > full:
@@ -193,8 +193,8 @@ class Renderer:
             for kind, name, encoder in layout.html:
                 if kind == "val":
                     assert encoder is not None
-                    total += len(encoder(values[name]).encode())
-            return total
+                    total += qp_weight(encoder(values[name]))
+            return qp_size(total)
 
         full, shown = _fit(size, len(entries), self.budget)
         layout_key, layout, values = shape(full, shown)
@@ -297,7 +297,7 @@ class Renderer:
                 raise _Slow
             if names.count("C") != int(bool(compact)):
                 raise _Slow
-        literal = sum(len(text.encode()) for kind, text, _ in html_parts if kind == "lit")
+        literal = sum(qp_weight(text) for kind, text, _ in html_parts if kind == "lit")
         return _Layout(html_parts, text_parts, literal)
 
     def _parse(self, source: str, *, html: bool) -> tuple[_Part, ...]:

@@ -20,7 +20,8 @@ from functools import lru_cache
 from lxml import etree
 from markupsafe import Markup
 
-from digest.mailer import qp_part
+from digest.latex import readable, readable_spans
+from digest.mailer import qp_part, qp_weight
 from digest.models import Digest, Entry, Paper, Span
 from digest.render import ABSTRACT_CHARS, EntryView, _env, entry_view, render_html, shorten
 
@@ -105,12 +106,12 @@ def _compact_range(html: str) -> tuple[int, int]:
     return (at, html.index("</ul>", at)) if at != -1 else (0, 0)
 
 
-# A finished string, as quoted-printable (mailer.qp_part) and its size in bytes (UTF-8).
+# A finished string, as quoted-printable (mailer.qp_part), and its mailer.qp_weight.
 _Part = tuple[str, bytes, int]
 
 
 def _part(text: str) -> _Part:
-    return text, qp_part(text), len(text.encode())
+    return text, qp_part(text), qp_weight(text)
 
 
 @dataclass(frozen=True)
@@ -197,11 +198,16 @@ class Blocks:
         fill = self._fill
         full = {
             "T": fill(
-                ("T", ident, title), lambda: _highlighted(paper.title, title, proto["title"])
+                ("T", ident, title),
+                lambda: _highlighted(*readable_spans(paper.title, title), proto["title"]),
             ),
             "A": fill(
                 ("A", ident, abstract),
-                lambda: _highlighted(skeleton.abstract, abstract, proto["abstract"]),
+                lambda: _highlighted(
+                    skeleton.abstract,
+                    readable_spans(paper.abstract, abstract)[1],
+                    proto["abstract"],
+                ),
             ),
             "G": fill(
                 ("G", tags),
@@ -210,7 +216,8 @@ class Blocks:
         }
         compact = {
             "T": fill(
-                ("CT", ident, title), lambda: _highlighted(paper.title, title, proto["compact"])
+                ("CT", ident, title),
+                lambda: _highlighted(*readable_spans(paper.title, title), proto["compact"]),
             ),
             "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
         }
@@ -273,7 +280,7 @@ class Blocks:
             try:
                 self.skeletons[key] = _Skeleton(
                     paper=paper,
-                    abstract=shorten(paper.abstract, ABSTRACT_CHARS),
+                    abstract=shorten(readable(paper.abstract), ABSTRACT_CHARS),
                     html=self._holes(self._tags_hole(html[block[0] : block[1]]), "TGA"),
                     html_compact=self._holes(html[item[0] : item[1]], "TK"),
                     text=self._holes(_paper_text(view), "K"),

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 from digest.assemble import Renderer
 from digest.config import Settings
+from digest.dkim import Signer
 from digest.mailer import message_bytes, new_message_id
 from digest.models import Digest, RenderedEmail, Subscriber
 from digest.outbox import NewEmail
@@ -66,8 +67,17 @@ class Builder:
             return unsubscribe_url(self.settings.public_url, self.settings.secret, person.key)
         return None
 
-    def build(self, digest: Digest, now: datetime, message_id: str | None = None) -> Built:
-        """The email for `digest` (a new Message-ID unless given). Raises BuildFailed."""
+    def build(
+        self,
+        digest: Digest,
+        now: datetime,
+        message_id: str | None = None,
+        *,
+        to: str | None = None,
+        subject_mark: str = "",
+    ) -> Built:
+        """The email for `digest` (a new Message-ID unless given; to the subscriber unless
+        `to`, a test send, which also marks the Subject). Raises BuildFailed."""
         started = time.perf_counter()
         person = digest.subscriber
         link = self.unsubscribe_link(person)
@@ -79,10 +89,12 @@ class Builder:
         if not rendered.paper_ids:
             raise BuildFailed("not even one paper fits in an email")
         message_id = message_id or new_message_id(self.sender)
+        if subject_mark:
+            rendered = replace(rendered, subject=subject_mark + rendered.subject)
         data = message_bytes(
             rendered,
             sender=self.sender,
-            to=person.email,
+            to=to or person.email,
             message_id=message_id,
             when=now,
             unsubscribe_url=link,
@@ -101,8 +113,9 @@ class Previews:
     """The dry run's destination: each email as DIR/<email>.html, .txt and .eml; nothing sent,
     nothing recorded."""
 
-    def __init__(self, out: Path, emit: Emit) -> None:
+    def __init__(self, out: Path, emit: Emit, settings: Settings) -> None:
         self.out, self.emit = out, emit
+        self.signer = Signer.from_settings(settings)  # the .eml as it would go out
 
     def note(self, outcome: Outcome) -> None:
         self.emit(outcome)
@@ -112,7 +125,8 @@ class Previews:
         stem = built.person.email.replace("/", "_").replace("\\", "_")
         (self.out / f"{stem}.html").write_text(built.rendered.html, encoding="utf-8")
         (self.out / f"{stem}.txt").write_text(built.rendered.text, encoding="utf-8")
-        (self.out / f"{stem}.eml").write_bytes(built.data)
+        eml = self.signer.sign(built.data) if self.signer else built.data
+        (self.out / f"{stem}.eml").write_bytes(eml)
         self.emit(Outcome(built.person.email, "previewed", built.papers, len(built.data)))
 
     def stopping(self) -> bool:

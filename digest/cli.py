@@ -22,6 +22,7 @@ from digest.errors import DigestError
 from digest.pipeline import enable_address, run_send
 from digest.report import RunReport
 from digest.subscribers import Problem
+from digest.testsend import send_test
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,12 +76,40 @@ subscribers_option = click.option(
     show_default=True,
     help="With --dry-run: where to write each subscriber's .html, .txt and .eml.",
 )
+@click.option(
+    "--subscriber",
+    "test_for",
+    metavar="EMAIL",
+    help="A test send: build only this subscriber's digest of what they are owed now...",
+)
+@click.option(
+    "--to",
+    "test_to",
+    metavar="ADDRESS",
+    help="...and send it to ADDRESS, Subject marked [test]; nothing is recorded.",
+)
 @db_option
 @subscribers_option
 @user_errors
-def send(dry_run: bool, out: Path, db: Path | None, subscribers: Path | None) -> None:
+def send(
+    dry_run: bool,
+    out: Path,
+    test_for: str | None,
+    test_to: str | None,
+    db: Path | None,
+    subscribers: Path | None,
+) -> None:
     """Fetch new papers, email every subscriber their digest, record what was delivered."""
     settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+    if test_for is not None or test_to is not None:
+        if test_for is None or test_to is None or dry_run:
+            raise click.UsageError("a test send takes both --subscriber and --to, no --dry-run")
+        sent = send_test(settings, test_for, test_to)
+        what = f"test email for {sent.subscriber} ({sent.papers} papers, {sent.size // 1024} KB)"
+        if not sent.accepted:
+            raise DigestError(f"{what} to {sent.to}: {sent.detail}")
+        click.echo(f"{what} sent to {sent.to}; nothing recorded")
+        return
     shown = progress_display.for_terminal(sys.stdout.isatty())
     try:
         report = run_send(

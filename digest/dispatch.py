@@ -26,6 +26,7 @@ import sqlite_utils
 from digest import outbox, store
 from digest.build import Built, Emit
 from digest.config import Settings
+from digest.dkim import Signer
 from digest.fetch import retry_delay
 from digest.models import Subscriber
 from digest.report import Outcome, Timings
@@ -95,7 +96,10 @@ class Dispatcher:
         self.db, self.settings, self.run_id, self.emit = db, settings, run_id, emit
         self.timings, self.should_stop, self.sleep = timings, should_stop, sleep
         recorder = _Recorder(settings.db_path)
-        self.pool: Pool[_Item] = Pool(settings, recorder.accepted, recorder.finished)
+        signer = Signer.from_settings(settings)
+        self.pool: Pool[_Item] = Pool(
+            settings, recorder.accepted, recorder.finished, signer.sign if signer else None
+        )
         self.retry: list[_Item] = []
         self.buffer: list[_Item] = []
         self.batch = self.PER_CONNECTION * settings.smtp_connections

@@ -155,6 +155,22 @@ def quoted_printable(text: str) -> bytes:
     return _qp(data).replace(b"\n", b"\r\n")
 
 
+_HIGH = bytes(range(128, 256))
+
+
+def qp_weight(text: str) -> int:
+    """Bytes `text` takes as quoted-printable, before soft line breaks: its UTF-8 bytes, two
+    more for each byte that must be escaped (non-ASCII, "="). Adds up over pieces."""
+    data = text.encode()
+    return len(data) + 2 * (len(data) - len(data.translate(None, _HIGH)) + data.count(b"="))
+
+
+def qp_size(weight: int) -> int:
+    """What a body of `weight` (`qp_weight`) takes in the message, soft line breaks counted
+    generously (3 bytes per 72): the size the HTML budget holds the HTML part to."""
+    return weight + 3 * -(-weight // 72)
+
+
 def qp_part(part: str) -> bytes:
     """One part of a body, starting at a line start, as CRLF-ended quoted-printable lines, so
     that the next part starts at a line start too: ended by a soft line break ("=" at the end of

@@ -170,7 +170,7 @@ class _Run:
         due = self._due(people, suppressed)
         dest: Dispatcher | Previews
         if report.dry_run:
-            dest = Previews(out_dir, self.emit)
+            dest = Previews(out_dir, self.emit, self.settings)
         else:
             dest = Dispatcher(
                 db, self.settings, report.run_id or 0, self.emit, self.timings, should_stop

@@ -25,7 +25,10 @@ import premailer
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
+from digest.latex import readable, readable_spans
+from digest.mailer import qp_size, qp_weight
 from digest.models import Digest, Entry, RenderedEmail, Span
+from digest.tidy import without_zero_fonts
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +113,19 @@ def author_line(authors: Sequence[str]) -> str:
 
 def entry_view(entry: Entry, upvotes: int = 0) -> EntryView:
     paper = entry.paper
-    abstract = shorten(paper.abstract, ABSTRACT_CHARS)
+    title, title_spans = readable_spans(paper.title, entry.title_spans)  # LaTeX as text
+    whole, abstract_spans = readable_spans(paper.abstract, entry.abstract_spans)
+    abstract = shorten(whole, ABSTRACT_CHARS)
     return EntryView(
-        title=highlight(paper.title, entry.title_spans),
-        title_text=paper.title,
+        title=highlight(title, title_spans),
+        title_text=title,
         authors=author_line(paper.authors),
         date=paper.published.date().isoformat(),
         category=paper.primary_category,
-        abstract=highlight(abstract, entry.abstract_spans),
+        abstract=highlight(abstract, abstract_spans),
         abstract_text=abstract,
-        abstract_cut=len(abstract) < len(paper.abstract),
-        comment=paper.comment,
+        abstract_cut=len(abstract) < len(whole),
+        comment=readable(paper.comment),
         keywords=(*entry.keywords, *(f"by {author}" for author in entry.authors)),
         abs_url=paper.abs_url,
         pdf_url=paper.pdf_url,
@@ -147,7 +152,7 @@ def _strings(digest: Digest, shown: int, sender: str) -> dict[str, str]:
         following += "; papers by " + "; ".join(person.authors)
     return {
         "subject": subject_line(digest),
-        "preview": "; ".join(entry.paper.title for entry in entries[:3]),
+        "preview": "; ".join(readable(entry.paper.title) for entry in entries[:3]),
         "day": _long_day(digest.day),
         "summary": f"{count} new paper{'s' if count != 1 else ''} for "
         f"{len(digest.sections)} of your keywords",
@@ -211,7 +216,8 @@ def _context(
 
 def render_html(context: dict[str, object]) -> str:
     mjml_source = _env(True).get_template("digest.mjml").render(context)
-    html = mjml2html(mjml_source, fonts={}, disable_comments=True)
+    # MJML's font-size:0px layout wrappers (which spam filters score) go before inlining.
+    html = without_zero_fonts(mjml2html(mjml_source, fonts={}, disable_comments=True))
     inlined = premailer.transform(
         html,
         allow_network=False,
@@ -245,7 +251,10 @@ def render_reference(
             attempts[full, shown] = render_html(context), context
         return attempts[full, shown]
 
-    full, shown = _fit(lambda f, s: len(attempt(f, s)[0].encode()), len(digest.entries), budget)
+    def size(full: int, shown: int) -> int:  # of the HTML part as encoded in the message
+        return qp_size(qp_weight(attempt(full, shown)[0]))
+
+    full, shown = _fit(size, len(digest.entries), budget)
     html, context = attempt(full, shown)
     return _email(digest, html, render_text(context), full, shown)
 

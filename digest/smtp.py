@@ -291,10 +291,14 @@ class Pool(Generic[J]):
         settings: Settings,
         accepted: Callable[[J], None],
         finished: Callable[[], None] = lambda: None,
+        seal: Callable[[bytes], bytes] | None = None,
     ) -> None:
         spacer = Spacer(settings.smtp_rate)  # DIGEST_SMTP_RATE is for all connections together
         self.messengers = [Messenger(settings, spacer) for _ in range(settings.smtp_connections)]
         self.accepted, self.finished = accepted, finished
+        # The last touch on each message, on its sender's thread (the DKIM signature: OpenSSL
+        # and hashlib let go of the GIL, so it runs beside the main thread's building).
+        self.seal = seal
         self.jobs: list[queue.SimpleQueue[J | None]] = [
             queue.SimpleQueue() for _ in self.messengers
         ]
@@ -354,7 +358,8 @@ class Pool(Generic[J]):
         try:
             while (job := jobs.get()) is not None:
                 try:
-                    result: SendResult | Exception = messenger.send(job.data, job.to)
+                    data = self.seal(job.data) if self.seal is not None else job.data
+                    result: SendResult | Exception = messenger.send(data, job.to)
                     if isinstance(result, SendResult) and result.accepted:
                         self.accepted(job)
                 except Exception as exc:  # SmtpError (the server is gone), the database, or a
