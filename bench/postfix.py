@@ -207,7 +207,13 @@ class PostfixReceiver:
         if capture is not None:
             raise ValueError("Postfix keeps no copy of the messages")
         self.wait_idle()
-        self._offset = LOG.stat().st_size
+        size = LOG.stat().st_size
+        while True:  # the log is written by postlogd a moment later: let it settle
+            time.sleep(0.3)
+            if (now := LOG.stat().st_size) == size:
+                break
+            size = now
+        self._offset = size
 
     def wait_idle(self, timeout: float = 120.0) -> None:
         """Until the queue is empty (every message taken has been discarded)."""
