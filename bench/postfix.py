@@ -128,7 +128,9 @@ class PostfixReceiver:
             print("postfix: another benchmark holds the machine's Postfix; waiting", flush=True)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
-            self._restore()  # a benchmark killed before its exit left its backups
+            if any(CONFIG.glob("*" + BACKUP_SUFFIX)):  # a benchmark killed before its exit
+                _run("postfix", "stop", check=False)  # left its Postfix and its backups
+                self._restore()
             if _run("postfix", "status", check=False).returncode == 0:
                 raise SystemExit(
                     "--receiver postfix: a Postfix is already running on this machine; the "
