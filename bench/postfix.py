@@ -129,7 +129,7 @@ class PostfixReceiver:
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
             if any(CONFIG.glob("*" + BACKUP_SUFFIX)):  # a benchmark killed before its exit
-                _run("postfix", "stop", check=False)  # left its Postfix and its backups
+                self._stop()  # left its Postfix and its backups
                 self._restore()
             if _run("postfix", "status", check=False).returncode == 0:
                 raise SystemExit(
@@ -179,15 +179,19 @@ class PostfixReceiver:
             f"{self.host}:{self.port}, discard transport, log {LOG}"
         )
 
+    @staticmethod
+    def _stop() -> None:
+        if _run("postfix", "status", check=False).returncode == 0:
+            _run("postfix", "stop", check=False)
+            deadline = time.time() + 20
+            while _run("postfix", "status", check=False).returncode == 0:
+                if time.time() > deadline:
+                    break
+                time.sleep(0.2)
+
     def _teardown(self) -> None:
         try:
-            if _run("postfix", "status", check=False).returncode == 0:
-                _run("postfix", "stop", check=False)
-                deadline = time.time() + 20
-                while _run("postfix", "status", check=False).returncode == 0:
-                    if time.time() > deadline:
-                        break
-                    time.sleep(0.2)
+            self._stop()
         finally:
             self._restore()
             if self._lock is not None:
