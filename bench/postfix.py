@@ -113,6 +113,7 @@ class PostfixReceiver:
         self._lock: Any = None
         self._offset = 0
         self.notes: list[str] = []
+        self._ours = False  # the configuration is ours to put back, Postfix ours to stop
 
     # --- setup and teardown ------------------------------------------------------------
 
@@ -138,6 +139,7 @@ class PostfixReceiver:
                 )
             for name in ("main.cf", "master.cf"):
                 shutil.copy2(CONFIG / name, CONFIG / (name + BACKUP_SUFFIX))
+            self._ours = True
             self._configure()
             self._start()
         except BaseException:
@@ -191,9 +193,12 @@ class PostfixReceiver:
 
     def _teardown(self) -> None:
         try:
-            self._stop()
+            if self._ours:
+                self._stop()
         finally:
-            self._restore()
+            if self._ours:
+                self._restore()
+                self._ours = False
             if self._lock is not None:
                 self._lock.close()
                 self._lock = None
