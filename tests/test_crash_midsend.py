@@ -5,8 +5,9 @@ DIGEST_SMTP_CONNECTIONS=2 to a real aiosmtpd server (the SMTP stand-in's, with a
 takes STORE_S to store each message, as a mail server writing its queue file does, and records
 its recipients and bytes; Message-IDs and papers are read afterwards), and the test kills the
 process with SIGKILL each time the server has taken some more messages since the process
-started: at a random point of a send the mail server's pace sets, with emails built ahead, as
-with a real server. After a last run to the end, the mailboxes must show that:
+started, at an unlucky moment: the first within UNLUCKY_S at which the server holds more of
+this process's emails than the database file records as sent plus one per connection (kill
+at once if there is none). After a last run to the end, the mailboxes must show that:
 
 - every subscriber got every paper owed (worked out from the served papers with the regex
   oracles of helpers.py, not by digest's matching);
@@ -23,6 +24,7 @@ import email
 import email.policy
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -40,7 +42,8 @@ SUBSCRIBERS = 500
 CONNECTIONS = 2
 KILLS = 3
 MORE = 60  # messages the server takes from a `digest send` before it is killed
-STORE_S = 0.05  # the server's time to store a message before it answers 250
+UNLUCKY_S = 1.0  # then the longest wait for an unlucky moment to kill it
+STORE_S = 0.03  # the server's time to store a message before it answers 250
 SERVED = 40  # the newest fixture papers served: emails of ~5-30 papers keep the test quick
 
 PHRASES = {"reward model": REWARD_MODEL, "reasoning": REASONING}
@@ -96,13 +99,31 @@ def start(digest: Digest) -> subprocess.Popen[bytes]:
     )
 
 
-def kill_after_more(recorder: Recorder, process: subprocess.Popen[bytes], more: int) -> None:
-    """SIGKILL `process` as soon as the server has taken `more` messages since now."""
-    target = len(recorder.messages) + more
+def recorded_sent(digest: Digest) -> int:
+    """Emails the database file records as sent (read while `digest send` writes it)."""
+    try:
+        return int(digest.query("SELECT count(*) FROM emails WHERE status = 'sent'")[0][0])
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def kill_after_more(
+    digest: Digest, recorder: Recorder, process: subprocess.Popen[bytes], more: int
+) -> None:
+    """SIGKILL `process` once the server has taken `more` messages since now, at the first
+    moment (within UNLUCKY_S) it holds more of them than are recorded as sent + CONNECTIONS."""
+    received, sent = len(recorder.messages), recorded_sent(digest)
     deadline = time.monotonic() + WAIT
-    while len(recorder.messages) < target:
+    while len(recorder.messages) < received + more:
         assert process.poll() is None, f"the run ended before the kill: {process.communicate()}"
         assert time.monotonic() < deadline, "the server got no more messages"
+        threading.Event().wait(0.002)
+    deadline = time.monotonic() + UNLUCKY_S
+    while time.monotonic() < deadline and process.poll() is None:
+        taken = len(recorder.messages) - received  # read first: the gap is not overstated
+        unrecorded = taken - (recorded_sent(digest) - sent)
+        if unrecorded > CONNECTIONS:
+            break
         threading.Event().wait(0.002)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=WAIT)
@@ -122,7 +143,7 @@ def test_three_kills_mid_send_lose_nothing_and_repeat_at_most_one_email_per_conn
     assert all(owed.values())  # every subscriber is owed something: every one gets an email
 
     for _ in range(KILLS):
-        kill_after_more(recorder, start(digest), MORE)
+        kill_after_more(digest, recorder, start(digest), MORE)
     assert len(recorder.messages) < SUBSCRIBERS  # the kills were in the middle of the send
     result = digest.run("send")
     assert result.returncode == 0, result.stderr
