@@ -1,20 +1,28 @@
-"""Benchmark `digest send` with real parts: python bench/run.py --subscribers N --papers M.
+"""Benchmark the whole `digest send` with real parts: python bench/run.py --profile broad ...
 
-Builds M papers from the real seed papers and N subscribers (3-5 research phrases each), starts
-a loopback arXiv stand-in (tests/standins.py) and a loopback aiosmtpd server in its own process
-(bench/smtp_sink.py), runs the real `digest send` in a subprocess on a fresh database, and prints
-one table (each figure the median of --repeat runs):
+For each workload profile (bench/data.py: "narrow", today's 3-5 of ~120 research phrases per
+subscriber; "broad", 3-5 of 20 common phrases, emails at the HTML budget) and each receiver
+("aiosmtpd": bench/smtp_sink.py in its own process; "postfix": the machine's real Postfix on a
+loopback port with the discard transport, bench/postfix.py), each repeat:
 
-- arXiv requests, fetch time, match time, build ms per email, send messages/s, wall time, peak
-  memory, average email size;
-- build ratio: for a sample of the run's digests, the straightforward path (render_reference +
-  build_message(...).as_bytes()) against ours (one render.Renderer per run + message_bytes);
-- send ratio: the whole `digest send` after its fetch, in messages/s, against a bare smtplib
-  client pushing the same number of pre-built messages to the same server over the same number
-  of connections.
+1. a loopback arXiv stand-in (tests/standins.py) serves the papers; the real `digest send`
+   runs in a subprocess on a fresh database and is timed from process start to exit (fetch,
+   matching, building, sending, everything): emails / that time is "digest msg/s";
+2. the bare client (bench/bare.py: plain smtplib.SMTP.sendmail) resends exactly the messages
+   the aiosmtpd sink captured from `digest send` (same bytes, sender and recipients) to the
+   same receiver over the same number of connections: "bare msg/s". Postfix keeps no copy, so
+   against Postfix the bare client sends the messages captured from the same profile's
+   aiosmtpd run of the same repeat (run first; with `--receiver postfix` alone, an untimed
+   capture run against the aiosmtpd sink is made first). Only Message-ID and Date differ
+   between the two sets;
+3. the ratio is digest msg/s / bare msg/s, both measured in the same repeat.
 
-`--requests-check` instead runs 10 and 10,000 subscribers following the same keyword set and
-prints both arXiv request counts. Not a test: the figures depend on the machine and its load.
+Before the timed runs, a `digest send --dry-run` of --sample subscribers checks the profile
+(papers per email, HTML size against the budget, the compact list). The build figures (a
+sample of digests built the reference way and ours, in this process) are the only part that
+imports digest's internals: bench/internals.py. The mail server gets the last CPU to itself
+(`--shared-cpus`: it shares). The tables show medians of --repeat runs. Not a test: the figures
+depend on the machine and its load.
 """
 
 from __future__ import annotations
@@ -22,18 +30,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import re
 import shlex
-import smtplib
-import statistics
+import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +50,20 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(ROOT / "tests"))
 
+import bare  # noqa: E402
 import data  # noqa: E402
+import internals  # noqa: E402
 from helpers import SENDER, Digest  # noqa: E402
+from postfix import PostfixReceiver  # noqa: E402
+from report import detail_table, dry_run_line, machine, main_table  # noqa: E402
 from smtp_sink import SmtpSink  # noqa: E402
 from standins import ArxivStandin  # noqa: E402
-
-from digest import mailer, pipeline, render, store, subscribers  # noqa: E402
-from digest.config import Settings  # noqa: E402
-from digest.match import plan_digest  # noqa: E402
-from digest.tokens import unsubscribe_url  # noqa: E402
 
 PUBLIC_URL = "https://digest.example.org"
 SECRET = "bench-secret-not-for-production-0123456789"
 WINDOW_HOURS = 24 * 5  # papers published within the last 5 days: new for the 7-day look-back
+RECEIVERS = ("aiosmtpd", "postfix")
+_SENT = re.compile(r"(\d+) emails sent, (\d+) failed")
 
 
 class TimedArxiv(ArxivStandin):
@@ -82,385 +91,217 @@ class TimedArxiv(ArxivStandin):
 class Run:
     """What one `digest send` did and what the bench measured around it."""
 
+    profile: str
+    receiver: str
     subscribers: int
     emails: int = 0
-    arxiv_requests: int = 0
-    standin_requests: int = 0
-    fetch_s: float = 0.0
-    fetch_source: str = ""
-    match_s: float = 0.0
-    match_source: str = ""
-    build_ms_ours: float = 0.0
-    build_ms_reference: float = 0.0
-    build_source: str = ""
-    renderer_setup_ms: float = 0.0
-    equal_renders: int = 0
-    sample: int = 0
     papers_per_email: float = 0.0
-    send_per_s_ours: float = 0.0
-    send_source: str = ""
-    send_per_s_reference: float = 0.0
-    server_per_s: float = 0.0
-    smtp_connections_seen: int = 0
+    avg_email_kb: float = 0.0
     wall_s: float = 0.0
+    whole_per_s: float = 0.0  # emails / (process exit - process start)
+    after_fetch_per_s: float = 0.0  # emails / (process exit - last arXiv answer)
+    bare_per_s: float = 0.0
+    bare_messages: int = 0
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
-    avg_email_kb: float = 0.0
+    arxiv_requests: int = 0
+    fetch_s: float = 0.0
+    match_s: float = 0.0
+    match_source: str = ""
+    server_per_s: float = 0.0
+    smtp_connections_seen: int = 0
     timings: dict[str, Any] | None = None
+    build: internals.BuildFigures | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
-    def build_ratio(self) -> float:
-        return self.build_ms_reference / self.build_ms_ours if self.build_ms_ours else 0.0
-
-    @property
-    def send_ratio(self) -> float:
-        ref = self.send_per_s_reference
-        return self.send_per_s_ours / ref if ref else 0.0
-
-
-# --- the machine and what is merged ----------------------------------------------------------
-
-
-def machine() -> list[str]:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    return [
-        f"machine: {platform.node()}, {cpu}, nproc {usable} (of {os.cpu_count()}), RAM {mem}",
-        f"load average (1/5/15 min) at start: {load}",
-        f"python {platform.python_version()}, digest at {commit or '?'} ({ROOT})",
-    ]
-
-
-def message_bytes_fn() -> Callable[..., bytes] | None:
-    return getattr(mailer, "message_bytes", None)
-
-
-def renderer_is_reference() -> bool:
-    """True while render.Renderer.render only calls render_reference (fast one not merged)."""
-    code = render.Renderer.render.__code__
-    return set(code.co_names) <= {"render_reference", "sender", "budget"}
-
-
-def features() -> list[str]:
-    lines = []
-    if message_bytes_fn() is None:
-        lines.append(
-            "mailer.message_bytes: ABSENT -> 'ours' builds with build_message(...).as_bytes()"
-        )
-    else:
-        lines.append("mailer.message_bytes: present -> 'ours' builds with it")
-    if renderer_is_reference():
-        lines.append(
-            "render.Renderer: only calls render_reference (fast renderer NOT merged) -> "
-            "build ratio ~1x expected"
-        )
-    else:
-        lines.append("render.Renderer: its own implementation (checked equal to reference)")
-    connections = "present" if hasattr(Settings(), "smtp_connections") else "ABSENT"
-    lines.append(f"Settings.smtp_connections: {connections} (DIGEST_SMTP_CONNECTIONS is passed)")
-    return lines
+    def ratio(self) -> float:
+        return self.whole_per_s / self.bare_per_s if self.bare_per_s else 0.0
 
 
 # --- one run ---------------------------------------------------------------------------------
 
 
-def median(values: Sequence[float]) -> float:
-    return statistics.median(values) if values else 0.0
-
-
-def run_once(
-    home: Path,
-    rows: Sequence[dict[str, str]],
-    arxiv: TimedArxiv,
-    sink: SmtpSink,
-    connections: int,
-    sample: int,
-    ratios: bool = True,
-) -> Run:
+def installation(home: Path, arxiv: TimedArxiv, receiver: Any, connections: int) -> Digest:
     home.mkdir(parents=True)
     extra = {
         "DIGEST_SMTP_CONNECTIONS": str(connections),
         "DIGEST_PUBLIC_URL": PUBLIC_URL,
         "DIGEST_SECRET": SECRET,
     }
-    installation = Digest(home, arxiv, sink, extra)  # type: ignore[arg-type]
-    data.write_csv(installation.csv_path, rows)
-    env = installation.env()
-    run = Run(subscribers=len(rows))
-    arxiv.reset()
-    sink.reset()
+    return Digest(home, arxiv, receiver, extra)  # type: ignore[arg-type]
 
-    started = time.time()
-    out, err = (home / "send.out").open("wb"), (home / "send.err").open("wb")
+
+def digest_send(where: Digest, *args: str) -> tuple[float, float, Any, str]:
+    """Run `digest send *args` to the end: (start, exit (epoch seconds), rusage, stdout)."""
+    out, err = (where.home / "send.out").open("wb"), (where.home / "send.err").open("wb")
     with out, err:
+        started = time.time()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "digest", "send"], cwd=home, env=env, stdout=out, stderr=err
+            [sys.executable, "-m", "digest", "send", *args],
+            cwd=where.home,
+            env=where.env(),
+            stdout=out,
+            stderr=err,
         )
         _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    ended = time.time()
+        ended = time.time()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        tail = (where.home / "send.err").read_text(errors="replace")[-2000:]
+        command = shlex.join(["digest", "send", *args])
+        raise SystemExit(f"`{command}` exited with {code} in {where.home}:\n{tail}")
+    return started, ended, usage, (where.home / "send.out").read_text(errors="replace")
+
+
+def run_once(
+    where: Digest,
+    rows: Sequence[dict[str, str]],
+    profile: str,
+    receiver: Any,
+    capture: Path | None,
+) -> Run:
+    """One timed `digest send` to `receiver` on a fresh database (captured to `capture`)."""
+    arxiv: TimedArxiv = where.arxiv  # type: ignore[assignment]
+    data.write_csv(where.csv_path, rows)
+    run = Run(profile=profile, receiver=receiver.name, subscribers=len(rows))
+    arxiv.reset()
+    receiver.reset(capture)
+    started, ended, usage, stdout = digest_send(where)
     run.wall_s = ended - started
     run.peak_rss_mb = usage.ru_maxrss / 1024  # KiB on Linux
     run.cpu_s = usage.ru_utime + usage.ru_stime
-    if proc.returncode != 0:
-        tail = (home / "send.err").read_text(errors="replace")[-2000:]
-        raise SystemExit(f"`digest send` exited with {proc.returncode} in {home}:\n{tail}")
-
-    got = sink.stats()
+    sent = _SENT.search(stdout)
+    if sent is None or int(sent.group(2)):
+        raise SystemExit(f"`digest send` did not send everything:\n{stdout[-2000:]}")
+    got = receiver.stats(int(sent.group(1)))
     run.emails = got["messages"]
+    if run.emails != int(sent.group(1)):
+        raise SystemExit(f"{receiver.name} got {run.emails} emails, digest says {sent.group(1)}")
     run.smtp_connections_seen = got["connections"]
-    run.avg_email_kb = got["bytes"] / got["messages"] / 1024 if got["messages"] else 0.0
-    if got["messages"] > 1 and got["last"] > got["first"]:
-        run.server_per_s = (got["messages"] - 1) / (got["last"] - got["first"])
-    row = installation.query("SELECT * FROM runs ORDER BY id DESC LIMIT 1")
-    columns = [c[1] for c in installation.query("PRAGMA table_info(runs)")]
-    record = dict(zip(columns, row[0], strict=True))
+    run.avg_email_kb = got["bytes"] / run.emails / 1024 if run.emails else 0.0
+    run.whole_per_s = run.emails / run.wall_s
+    if got["first"] and got["last"] and run.emails > 1 and got["last"] > got["first"]:
+        run.server_per_s = (run.emails - 1) / (got["last"] - got["first"])
+    if arxiv.last and ended > arxiv.last:
+        run.after_fetch_per_s = run.emails / (ended - arxiv.last)
+    record, deliveries = read_database(where.db_path)
     run.arxiv_requests = int(record.get("arxiv_requests") or 0)
-    run.standin_requests = len(arxiv.requests)
     if record.get("timings"):
         run.timings = json.loads(str(record["timings"]))
     t = run.timings or {}
-
-    if "fetch_s" in t:
-        run.fetch_s, run.fetch_source = float(t["fetch_s"]), "runs.timings"
-    elif arxiv.first and arxiv.last:
-        run.fetch_s, run.fetch_source = arxiv.last - arxiv.first, "arXiv stand-in"
-    if arxiv.last and run.emails:  # the whole pipeline after the fetch, timings or not
-        run.send_per_s_ours = run.emails / (ended - arxiv.last)
-        run.send_source = "emails / (end - last arXiv answer)"
-    if "peak_rss_mb" in t:
-        run.notes.append(f"timings peak_rss_mb {t['peak_rss_mb']} (table: wait4 ru_maxrss)")
-
-    settings = Settings.from_env(
-        env, db_path=installation.db_path, subscribers_path=installation.csv_path
-    )
-    digests, replay_s = plan_all(settings, sample)
+    run.fetch_s = float(t.get("fetch_s", 0.0))
     if "match_s" in t:
         run.match_s, run.match_source = float(t["match_s"]), "runs.timings"
-    else:
-        run.match_s, run.match_source = replay_s, "bench replay of match_keywords + plan_digest"
-    run.papers_per_email = median([len(d.entries) for d in digests])
-    if ratios:
-        built = measure_build(run, settings, digests)
-        if "build_ms_median" in t:
-            run.notes.append(f"timings build_ms_median {t['build_ms_median']} (table: bench)")
-        run.send_per_s_reference = bare_smtp(sink, built, run.emails, connections)
+    if deliveries is not None and run.emails:
+        run.papers_per_email = deliveries / run.emails
     return run
 
 
-def plan_all(settings: Settings, sample: int) -> tuple[list[Any], float]:
-    """Every subscriber's digest as the run planned it (matched against the papers in the
-    database, nothing counted as delivered), timed; returns an evenly spread sample of them."""
-    people, _ = subscribers.load(settings.subscribers_path)
-    db = store.open_db(settings.db_path)
-    now = datetime.now(UTC)
-    since = now - timedelta(days=settings.lookback_days)
-    day = now.astimezone(settings.tz).date().isoformat()
-    every = max(1, len(people) // sample) if sample else len(people) + 1
-    kept = []
-    started = time.perf_counter()
-    hits, papers = pipeline.match_keywords(db, pipeline.distinct_keywords(people), since)
-    for i, person in enumerate(people):
-        digest = plan_digest(person, hits, papers, set(), day, since=since)
-        if i % every == 0 and digest.entries and len(kept) < sample:
-            kept.append(digest)
-    return kept, time.perf_counter() - started
-
-
-def measure_build(run: Run, settings: Settings, digests: Sequence[Any]) -> list[bytes]:
-    """Median ms per email of the reference path and ours on the same digests; ours' bytes."""
-    now = datetime.now(UTC)
-    budget = settings.html_budget
-    fast_bytes = message_bytes_fn()
-    setup = time.perf_counter()
-    renderer = render.Renderer(sender=SENDER, budget=budget)
-    # As `digest send` does for each batch of subscribers: finish their paper blocks first.
-    prepare = getattr(renderer, "prepare", None)
-    if prepare is not None:
-        prepare(digests)
-    run.renderer_setup_ms = (time.perf_counter() - setup) * 1000
-    ours_ms, reference_ms, built = [], [], []
-    for i, digest in enumerate(digests):
-        person = digest.subscriber
-        link = unsubscribe_url(PUBLIC_URL, SECRET, person.key)
-        message_id = mailer.new_message_id(SENDER)
-        headers = {"sender": SENDER, "to": person.email, "message_id": message_id, "when": now}
-
-        def reference(digest: Any = digest, link: str = link, headers: Any = headers) -> Any:
-            r = render.render_reference(digest, sender=SENDER, budget=budget, unsubscribe_url=link)
-            return r, mailer.build_message(r, unsubscribe_url=link, **headers).as_bytes()
-
-        def ours(digest: Any = digest, link: str = link, headers: Any = headers) -> Any:
-            r = renderer.render(digest, link)
-            if fast_bytes is not None:
-                return r, fast_bytes(r, unsubscribe_url=link, **headers)
-            return r, mailer.build_message(r, unsubscribe_url=link, **headers).as_bytes()
-
-        order = [(reference, reference_ms), (ours, ours_ms)]
-        results = []
-        for fn, times in order if i % 2 else order[::-1]:
-            started = time.perf_counter()
-            results.append(fn())
-            times.append((time.perf_counter() - started) * 1000)
-        (r1, _), (r2, b2) = results if i % 2 else results[::-1]
-        run.equal_renders += r1 == r2
-        built.append(b2)
-    run.sample = len(digests)
-    run.build_ms_ours, run.build_ms_reference = median(ours_ms), median(reference_ms)
-    run.build_source = "message_bytes" if fast_bytes else "build_message().as_bytes()"
-    return built
-
-
-def bare_smtp(sink: SmtpSink, messages: Sequence[bytes], count: int, connections: int) -> float:
-    """messages/s of plain smtplib pushing `count` of `messages` (cycled) over `connections`."""
-    if not messages or not count:
-        return 0.0
-    sink.reset()
-    errors: list[BaseException] = []
-
-    def push(share: range) -> None:
+def read_database(path: Path) -> tuple[dict[str, Any], int | None]:
+    """The last `runs` row and how many papers were recorded as delivered (the user's file)."""
+    with sqlite3.connect(path) as conn:
+        columns = [c[1] for c in conn.execute("PRAGMA table_info(runs)")]
+        row = conn.execute("SELECT * FROM runs ORDER BY id DESC LIMIT 1").fetchone()
         try:
-            with smtplib.SMTP(sink.host, sink.port, timeout=30) as client:
-                for n in share:
-                    to = f"reader{n:06d}@example.org"
-                    client.sendmail("digest@example.org", [to], messages[n % len(messages)])
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [
-        threading.Thread(target=push, args=(range(c, count, connections),))
-        for c in range(connections)
-    ]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - started
-    if errors:
-        raise SystemExit(f"the bare smtplib client failed: {errors[0]!r}")
-    delivered = sink.stats()["messages"]
-    if delivered != count:
-        raise SystemExit(f"the bare smtplib client: the server got {delivered} of {count}")
-    return count / elapsed
+            (deliveries,) = conn.execute("SELECT count(*) FROM deliveries").fetchone()
+        except sqlite3.OperationalError:
+            deliveries = None
+    return dict(zip(columns, row, strict=True)), deliveries
 
 
-# --- output ----------------------------------------------------------------------------------
+def dry_run_check(home: Path, arxiv: TimedArxiv, sink: SmtpSink, rows: Sequence[Any]) -> str:
+    """`digest send --dry-run` for `rows`: papers per email, HTML size, compact list."""
+    where = installation(home, arxiv, sink, 2)
+    data.write_csv(where.csv_path, rows)
+    digest_send(where, "--dry-run", "--out", "previews")
+    budget = int(where.env().get("DIGEST_HTML_BUDGET", "95000"))
+    return dry_run_line(home / "previews", budget, len(rows))
 
 
-def spread(runs: Sequence[Run], value: Callable[[Run], float], fmt: str) -> tuple[str, str]:
-    values = [value(r) for r in runs]
-    mid = format(median(values), fmt)
-    if len(values) < 2:
-        return mid, ""
-    return mid, f"{format(min(values), fmt)} .. {format(max(values), fmt)}"
+# --- a profile: every receiver, every repeat ---------------------------------------------------
 
 
-def table(runs: Sequence[Run], connections: int) -> list[str]:
-    first = runs[0]
-    rows: list[tuple[str, Callable[[Run], float], str, str, str]] = [
-        ("emails sent", lambda r: r.emails, ".0f", "", "all with something new"),
-        ("arXiv requests", lambda r: r.arxiv_requests, ".0f", "", "same at 10 and 10,000"),
-        ("fetch time (s)", lambda r: r.fetch_s, ".2f", "", first.fetch_source),
-        ("match time (s)", lambda r: r.match_s, ".3f", "< 1 s at 10,000", first.match_source),
-        ("papers per email (sample median)", lambda r: r.papers_per_email, ".0f", "", ""),
-        (
-            "build ms per email, ours (median)",
-            lambda r: r.build_ms_ours,
-            ".2f",
-            "<= 2 ms",
-            first.build_source,
-        ),
-        (
-            "finishing paper blocks, ms per email (mean)",
-            lambda r: r.renderer_setup_ms / r.sample if r.sample else 0.0,
-            ".2f",
-            "",
-            f"Renderer.prepare for the {first.sample}-email sample, once",
-        ),
-        (
-            "build ms per email, reference (median)",
-            lambda r: r.build_ms_reference,
-            ".2f",
-            "",
-            "render_reference + build_message().as_bytes()",
-        ),
-        (
-            "build ratio reference/ours",
-            lambda r: r.build_ratio,
-            ".1f",
-            ">= 10x",
-            f"{first.equal_renders}/{first.sample} renders equal to the reference",
-        ),
-        ("send messages/s, digest send", lambda r: r.send_per_s_ours, ".0f", "", first.send_source),
-        (
-            "send messages/s, bare smtplib",
-            lambda r: r.send_per_s_reference,
-            ".0f",
-            "",
-            f"{connections} connection(s), same messages",
-        ),
-        ("send ratio ours/bare", lambda r: r.send_ratio, ".2f", ">= 0.8", ""),
-        (
-            "server-side messages/s during digest send",
-            lambda r: r.server_per_s,
-            ".0f",
-            "",
-            f"{first.smtp_connections_seen} SMTP connection(s) used by digest send",
-        ),
-        ("CPU time of digest send (s)", lambda r: r.cpu_s, ".1f", "", "user + system, all threads"),
-        ("total wall time (s)", lambda r: r.wall_s, ".1f", "", "the `digest send` process"),
-        (
-            "peak memory (MB)",
-            lambda r: r.peak_rss_mb,
-            ".0f",
-            "< 500 MB at 100,000",
-            "max RSS of the `digest send` process",
-        ),
-        ("average email size (KB)", lambda r: r.avg_email_kb, ".1f", "", "as the server got it"),
-    ]
-    if first.timings is not None:  # what `digest send` measured itself, when it records it
-        for key, name, fmt in (
-            ("build_ms_median", "build ms per email inside digest send", ".2f"),
-            ("send_s", "send stage (s) inside digest send", ".1f"),
-            ("messages_per_s", "send messages/s inside digest send", ".0f"),
-        ):
-            if key in first.timings:
-                rows.append(
-                    (
-                        name,
-                        lambda r, k=key: float((r.timings or {}).get(k, 0)),
-                        fmt,
-                        "",
-                        f"runs.timings {key}",
-                    )
+def bench_profile(
+    args: argparse.Namespace,
+    profile: str,
+    work: Path,
+    receivers: dict[str, Any],
+    sink: SmtpSink,
+) -> list[Run]:
+    count = args.papers or data.PROFILES[profile][0]
+    papers = data.make_papers_list(BASE, count, WINDOW_HOURS)
+    keywords = data.profile_keywords(profile, papers)
+    rows = data.subscriber_rows(args.subscribers, keywords)
+    print(
+        f"\nprofile {profile}: {data.PROFILES[profile][1]}; {len(papers)} papers published "
+        f"within the last {WINDOW_HOURS} h, {len(keywords)} keywords, "
+        f"{args.subscribers} subscribers",
+        flush=True,
+    )
+    runs: list[Run] = []
+    with TimedArxiv(papers) as arxiv:
+        if args.sample:
+            line = dry_run_check(work / f"{profile}-dry", arxiv, sink, rows[: args.sample])
+            print(line, flush=True)
+        for r in range(args.repeat):
+            spool = work / f"{profile}-{r}.spool"
+            if "aiosmtpd" not in receivers:  # Postfix keeps nothing: capture from the sink
+                where = installation(work / f"{profile}-capture{r}", arxiv, sink, args.connections)
+                run_once(where, rows, profile, sink, spool)
+                print(f"  capture run {r + 1} against aiosmtpd (not in the tables)", flush=True)
+            for name in (n for n in RECEIVERS if n in receivers):
+                home = work / f"{profile}-{name}{r}"
+                where = installation(home, arxiv, receivers[name], args.connections)
+                run = receiver_run(args, where, rows, profile, receivers[name], spool)
+                if args.build and name == min(receivers):  # once a repeat: same digests
+                    add_build_figures(args, run, where)
+                runs.append(run)
+                print(
+                    f"  run {r + 1}/{args.repeat} {name}: {run.emails} emails in "
+                    f"{run.wall_s:.1f} s ({run.whole_per_s:.0f}/s), bare {run.bare_per_s:.0f}/s, "
+                    f"ratio {run.ratio:.2f}",
+                    flush=True,
                 )
-    out = [
-        "| measure | median | min .. max | target | how |",
-        "| --- | ---: | ---: | --- | --- |",
-    ]
-    for name, value, fmt, target, how in rows:
-        mid, span = spread(runs, value, fmt)
-        out.append(f"| {name} | {mid} | {span} | {target} | {how} |")
-    return out
+                if not args.keep:
+                    shutil.rmtree(where.home, ignore_errors=True)
+            spool.unlink(missing_ok=True)
+    return runs
+
+
+def receiver_run(
+    args: argparse.Namespace,
+    where: Digest,
+    rows: Sequence[dict[str, str]],
+    profile: str,
+    receiver: Any,
+    spool: Path,
+) -> Run:
+    """`digest send` to `receiver`, then the bare client resending `spool` to it."""
+    capture = spool if receiver.name == "aiosmtpd" else None
+    run = run_once(where, rows, profile, receiver, capture)
+    receiver.wait_idle()
+    copy = spool.with_name("bare.spool")
+    # aiosmtpd stores the bare client's copy too, as it did digest's: the same work
+    receiver.reset(copy if receiver.name == "aiosmtpd" else None)
+    try:
+        run.bare_per_s, run.bare_messages = bare.resend(spool, receiver, args.connections)
+        if receiver.name == "aiosmtpd" and copy.stat().st_size != spool.stat().st_size:
+            raise SystemExit("the bare client's messages differ from those captured")
+    finally:
+        receiver.reset()
+        copy.unlink(missing_ok=True)
+    return run
+
+
+def add_build_figures(args: argparse.Namespace, run: Run, where: Digest) -> None:
+    env = where.env()
+    run.build = internals.build_figures(
+        env, where.db_path, where.csv_path, args.sample, SENDER, PUBLIC_URL, SECRET
+    )
+    if not run.match_source and run.build.match_replay_s:
+        run.match_s = run.build.match_replay_s
+        run.match_source = "bench replay of matching + planning"
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -468,13 +309,32 @@ def table(runs: Sequence[Run], connections: int) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--profile",
+        action="append",
+        choices=sorted(data.PROFILES),
+        help="workload (repeatable; default narrow)",
+    )
+    parser.add_argument(
+        "--receiver",
+        action="append",
+        choices=RECEIVERS,
+        help="mail server (repeatable; default aiosmtpd)",
+    )
     parser.add_argument("--subscribers", type=int, default=1000, help="N (default 1000)")
-    parser.add_argument("--papers", type=int, default=250, help="M new papers (default 250)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs; the table shows medians")
+    parser.add_argument(
+        "--papers", type=int, default=None, help="new papers (default: narrow 250, broad 156)"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs; the tables show medians")
     parser.add_argument(
         "--connections", type=int, default=2, help="DIGEST_SMTP_CONNECTIONS and bare client's"
     )
-    parser.add_argument("--sample", type=int, default=200, help="digests timed for the build")
+    parser.add_argument(
+        "--sample", type=int, default=200, help="digests for the dry run and the build figures"
+    )
+    parser.add_argument(
+        "--no-build", dest="build", action="store_false", help="skip the build figures"
+    )
     parser.add_argument("--seeds", type=Path, default=None, help="default: ../shared/seeds")
     parser.add_argument(
         "--requests-check",
@@ -491,17 +351,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args(argv)
-    for name in ("subscribers", "papers", "repeat", "connections"):
+    for name in ("subscribers", "repeat", "connections"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+            parser.error(f"--{name} must be at least 1")
+    if args.papers is not None and args.papers < 1:
+        parser.error("--papers must be at least 1")
+    args.profile = list(dict.fromkeys(args.profile or ["narrow"]))
+    args.receiver = list(dict.fromkeys(args.receiver or ["aiosmtpd"]))
     return args
+
+
+BASE: list[dict[str, Any]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     print("command: python " + shlex.join(sys.argv if argv is None else ["bench/run.py", *argv]))
     print(f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    for line in machine() + features():
+    for line in machine(ROOT) + internals.features():
         print(line)
 
     server_cpus = None
@@ -513,77 +380,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(f"CPUs: mail server and everything else share {cpus}")
 
-    seeds = data.find_seeds(args.seeds)
-    base, source = data.base_papers(seeds)
-    papers = data.make_papers_list(base, args.papers, WINDOW_HOURS)
-    keywords = [k for k, _ in data.usable_keywords(papers)]
-    print(f"papers: {len(papers)} from {source}, published within the last {WINDOW_HOURS} h")
-    print(f"keywords: {len(keywords)} research phrases found in those papers")
+    base, source = data.base_papers(data.find_seeds(args.seeds))
+    BASE[:] = base
+    print(f"papers from {source}")
     sys.stdout.flush()
 
     work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
     runs: list[Run] = []
     try:
-        with TimedArxiv(papers) as arxiv, SmtpSink(server_cpus) as sink:
+        with ExitStack() as stack:
+            sink = stack.enter_context(SmtpSink(server_cpus))
             if args.requests_check:
-                return requests_check(work, keywords, arxiv, sink, args.connections)
-            rows = data.subscriber_rows(args.subscribers, keywords)
-            for r in range(args.repeat):
-                run = run_once(work / f"run{r}", rows, arxiv, sink, args.connections, args.sample)
-                runs.append(run)
-                print(
-                    f"run {r + 1}/{args.repeat}: {run.emails} emails in {run.wall_s:.1f} s, "
-                    f"build ratio {run.build_ratio:.1f}x, send ratio {run.send_ratio:.2f}",
-                    flush=True,
-                )
+                return requests_check(work, sink, args.connections)
+            receivers: dict[str, Any] = {}
+            if "aiosmtpd" in args.receiver:
+                receivers["aiosmtpd"] = sink
+            if "postfix" in args.receiver:
+                receivers["postfix"] = stack.enter_context(PostfixReceiver(server_cpus))
+                for note in receivers["postfix"].notes:
+                    print(note)
+            for profile in args.profile:
+                runs += bench_profile(args, profile, work, receivers, sink)
     finally:
         if args.keep:
             print(f"kept: {work}")
         else:
-            subprocess.run(["rm", "-rf", str(work)], check=False)
+            shutil.rmtree(work, ignore_errors=True)
 
-    print()
     print(
-        f"`digest send`, {args.subscribers} subscribers, {args.papers} papers, "
-        f"{args.connections} SMTP connection(s), median of {args.repeat} run(s):"
+        f"\n`digest send`, {args.subscribers} subscribers, {args.connections} SMTP "
+        f"connection(s), median of {args.repeat} run(s) (min .. max in brackets):\n"
     )
-    print()
-    print("\n".join(table(runs, args.connections)))
-    print()
+    print("\n".join(main_table(runs)))
+    print("\nDetails (medians):\n")
+    print("\n".join(detail_table(runs)))
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"load average (1/5/15 min) at end: {load}")
-    for run in runs[:1]:
-        print(
-            f"timings column: {'present' if run.timings is not None else 'ABSENT'}"
-            + (f" {json.dumps(run.timings)}" if run.timings else "")
-        )
-        for note in run.notes:
-            print(f"note: {note}")
-        if run.equal_renders != run.sample:
-            print(f"WARNING: only {run.equal_renders}/{run.sample} renders equal the reference")
+    print(f"\nload average (1/5/15 min) at end: {load}")
+    for run in runs:
+        if run.timings and run is runs[0]:
+            print(f"runs.timings of the first run: {json.dumps(run.timings)}")
+        build = run.build
+        if build is not None:
+            for note in build.notes:
+                print(f"note: {note}")
+            if build.equal_renders != build.sample:
+                print(f"WARNING: only {build.equal_renders}/{build.sample} renders equal")
     if args.json:
-        dump = [dict(vars(r), build_ratio=r.build_ratio, send_ratio=r.send_ratio) for r in runs]
+        dump = [dict(vars(r), build=vars(r.build) if r.build else None) for r in runs]
         args.json.write_text(json.dumps(dump, indent=2, default=str))
     return 0
 
 
-def requests_check(
-    work: Path, keywords: Sequence[str], arxiv: TimedArxiv, sink: SmtpSink, connections: int
-) -> int:
+def requests_check(work: Path, sink: SmtpSink, connections: int) -> int:
     """The same keyword set followed by 10,000 subscribers and by 10: arXiv requests of each."""
+    papers = data.make_papers_list(BASE, data.PROFILES["narrow"][0], WINDOW_HOURS)
+    keywords = data.profile_keywords("narrow", papers)
     many = data.subscriber_rows(10_000, keywords)
     followed = list(dict.fromkeys(k for row in many for k in row["keywords"].split("; ")))
     few = data.covering_rows(10, followed)
     counts = []
-    for label, rows in (("10", few), ("10,000", many)):
-        run = run_once(work / label.replace(",", ""), rows, arxiv, sink, connections, 0, False)
-        counts.append(run.arxiv_requests)
-        print(
-            f"{label} subscribers ({len(followed)} distinct keywords): "
-            f"{run.arxiv_requests} arXiv requests (stand-in saw {run.standin_requests}), "
-            f"{run.emails} emails, {run.wall_s:.1f} s",
-            flush=True,
-        )
+    with TimedArxiv(papers) as arxiv:
+        for label, rows in (("10", few), ("10,000", many)):
+            where = installation(work / label.replace(",", ""), arxiv, sink, connections)
+            run = run_once(where, rows, "narrow", sink, None)
+            counts.append(run.arxiv_requests)
+            print(
+                f"{label} subscribers ({len(followed)} distinct keywords): "
+                f"{run.arxiv_requests} arXiv requests (stand-in saw {len(arxiv.requests)}), "
+                f"{run.emails} emails, {run.wall_s:.1f} s",
+                flush=True,
+            )
     same = "identical" if counts[0] == counts[1] else "DIFFERENT"
     print(f"arXiv requests at 10 and at 10,000 subscribers: {counts[0]} and {counts[1]} ({same})")
     return 0 if counts[0] == counts[1] else 1

@@ -1,8 +1,9 @@
 """A loopback aiosmtpd server in its own process that accepts and counts messages.
 
 It runs apart from both `digest send` and the benchmark's own client, so neither shares a
-Python interpreter (or its GIL) with the server. It keeps no message: only counts, bytes and
-the times of the first and last accepted message.
+Python interpreter (or its GIL) with the server. It counts messages, bytes and the times of the
+first and last accepted message and, when asked (``reset(capture=path)``), appends every
+accepted message to a spool file (see ``read_spool``) for the bare client to send again.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import multiprocessing.connection
 import os
 import socket
 import time
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 HOST = "127.0.0.1"
 
@@ -26,9 +29,13 @@ def free_port(host: str = HOST) -> int:
 
 class _Counter:
     def __init__(self) -> None:
+        self.spool: IO[bytes] | None = None
         self.reset()
 
-    def reset(self) -> None:
+    def reset(self, capture: str | None = None) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        self.spool = open(capture, "ab") if capture else None  # noqa: SIM115 (kept open)
         self.messages = 0
         self.bytes = 0
         self.first: float | None = None
@@ -37,14 +44,20 @@ class _Counter:
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.time()
+        content = bytes(envelope.original_content or b"")
+        if self.spool is not None:
+            self.spool.write(_spool_header(envelope.mail_from, envelope.rcpt_tos, len(content)))
+            self.spool.write(content)
         self.messages += 1
-        self.bytes += len(envelope.original_content or b"")
+        self.bytes += len(content)
         self.first = self.first or now
         self.last = now
         self.peers.add(tuple(session.peer[:2]))
         return "250 OK"
 
     def stats(self) -> dict[str, Any]:
+        if self.spool is not None:
+            self.spool.flush()
         return {
             "messages": self.messages,
             "bytes": self.bytes,
@@ -78,17 +91,37 @@ def _serve(
             command = control.recv()
             if command == "stats":
                 control.send(counter.stats())
-            elif command == "reset":
-                counter.reset()
+            elif isinstance(command, tuple) and command[0] == "reset":
+                counter.reset(command[1])
                 control.send("ok")
             else:
                 break
     finally:
         controller.stop()
+        counter.reset()
+
+
+def _spool_header(mail_from: str | None, rcpt_tos: list[str], size: int) -> bytes:
+    return f"{size} {mail_from or ''} {','.join(rcpt_tos)}\n".encode()
+
+
+def read_spool(path: Path) -> Iterator[tuple[str, list[str], int, int]]:
+    """(mail from, recipients, offset, size) of each message in a spool file, in order."""
+    with path.open("rb") as handle:
+        offset = 0
+        while line := handle.readline():
+            size_text, mail_from, rcpts = line.decode().rstrip("\n").split(" ", 2)
+            size = int(size_text)
+            offset += len(line)
+            yield mail_from, rcpts.split(","), offset, size
+            offset += size
+            handle.seek(offset)
 
 
 class SmtpSink:
     """``with SmtpSink() as sink:`` an SMTP server on ``sink.host``:``sink.port``."""
+
+    name = "aiosmtpd"
 
     def __init__(self, cpus: set[int] | None = None) -> None:
         """`cpus`: the only CPUs the server may run on (None: any)."""
@@ -113,11 +146,16 @@ class SmtpSink:
     def pid(self) -> int | None:
         return self._process.pid
 
-    def stats(self) -> dict[str, Any]:
-        """messages, bytes, first and last (epoch seconds) since the last reset."""
+    def stats(self, expected: int | None = None) -> dict[str, Any]:
+        """messages, bytes, first and last (epoch seconds) since the last reset (`expected`:
+        the caller's count, unused: what was accepted has been counted)."""
         self._control.send("stats")
         return dict(self._control.recv())
 
-    def reset(self) -> None:
-        self._control.send("reset")
+    def reset(self, capture: Path | None = None) -> None:
+        """Count from zero; append every message accepted from now on to `capture` (if any)."""
+        self._control.send(("reset", str(capture) if capture else None))
         self._control.recv()
+
+    def wait_idle(self) -> None:
+        """Nothing to wait for: aiosmtpd keeps no queue."""
