@@ -24,10 +24,10 @@ from typing import Any
 
 def _digest_api() -> SimpleNamespace:
     """The digest internals the build figures need (raises ImportError when they moved)."""
-    from digest import mailer, render, store, subscribers
+    from digest import assemble, mailer, render, store, subscribers
     from digest.config import Settings
-    from digest.match import plan_digest
-    from digest.pipeline import distinct_keywords, match_keywords
+    from digest.match import distinct_keywords, plan_digest
+    from digest.plan import match_keywords
     from digest.tokens import unsubscribe_url
 
     return SimpleNamespace(
@@ -37,7 +37,7 @@ def _digest_api() -> SimpleNamespace:
         distinct_keywords=distinct_keywords,  # people -> keywords
         match_keywords=match_keywords,  # (db, keywords, since) -> (hits, papers)
         plan_digest=plan_digest,  # (person, hits, papers, delivered, day, since=) -> Digest
-        Renderer=render.Renderer,  # Renderer(sender=, budget=); .prepare(digests); .render()
+        Renderer=assemble.Renderer,  # Renderer(sender=, budget=); .prepare(digests); .render()
         render_reference=render.render_reference,  # (digest, sender=, budget=, unsubscribe_url=)
         build_message=mailer.build_message,  # (rendered, unsubscribe_url=, sender=, to=, ...)
         message_bytes=getattr(mailer, "message_bytes", None),  # same arguments -> bytes
@@ -118,8 +118,9 @@ def _plan_all(api: SimpleNamespace, settings: Any, sample: int) -> tuple[list[An
     kept = []
     started = time.perf_counter()
     hits, papers = api.match_keywords(db, api.distinct_keywords(people), since)
+    memo: dict[Any, Any] = {}  # entries shared between readers, as the run's planning does
     for i, person in enumerate(people):
-        digest = api.plan_digest(person, hits, papers, set(), day, since=since)
+        digest = api.plan_digest(person, hits, papers, set(), day, since=since, memo=memo)
         if i % every == 0 and digest.entries and len(kept) < sample:
             kept.append(digest)
     return kept, time.perf_counter() - started
