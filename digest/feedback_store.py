@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import sqlite_utils
 
-from digest import store
+from digest import roster, store
 from digest.models import Paper
 from digest.recommend import (
     DEFAULT_MIN_LIKES,
@@ -25,6 +26,7 @@ from digest.recommend import (
     Vocabulary,
     Weights,
 )
+from digest.subscribers import KEYWORD_SEPARATOR, parse_likes
 
 KINDS = ("like", "dislike")
 SOURCES = ("csv", "cli", "web")
@@ -99,6 +101,22 @@ def opinions(db: sqlite_utils.Database, subscriber: str, kind: str | None = None
         params.append(kind)
     rows = db.execute(sql + " ORDER BY created_at DESC, rowid DESC", params).fetchall()
     return [Opinion(*row) for row in rows]
+
+
+def edit_likes(
+    path: Path, db: sqlite_utils.Database, email: str, action: str, ids: Iterable[str]
+) -> list[str]:
+    """`digest subscribers like/unlike`: edit the subscriber's likes column, and record the
+    likes at once (source cli) or forget them (whichever way they were given)."""
+    ids = list(ids)
+    new = roster.change_likes(path, email, action, ids)
+    key = roster.address_key(email)
+    for paper_id in parse_likes(KEYWORD_SEPARATOR.join(ids))[0]:
+        if action == "like":
+            record(db, key, paper_id, "like", "cli")
+        else:
+            forget(db, key, paper_id, "like")
+    return new
 
 
 def sync_csv_likes(db: sqlite_utils.Database, likes: Mapping[str, Iterable[str]]) -> None:

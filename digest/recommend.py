@@ -27,13 +27,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 
 from digest.models import Paper
+
+if TYPE_CHECKING:
+    from sklearn.feature_extraction.text import TfidfVectorizer
 
 MODEL_VERSION = "lr-balanced-c1-v1"  # part of every cache key: change it when the fit changes
 SAMPLE_SIZE = 450  # papers sampled from the database: 2/3 background, 1/3 control
@@ -50,6 +52,8 @@ def paper_text(paper: Paper) -> str:
 
 
 def _vectorizer(min_df: int = 1, vocabulary: Mapping[str, int] | None = None) -> TfidfVectorizer:
+    from sklearn.feature_extraction.text import TfidfVectorizer  # slow to import: when needed
+
     return TfidfVectorizer(
         strip_accents="unicode",
         lowercase=True,
@@ -222,6 +226,8 @@ class Recommender:
             return None
         x = self.matrix[positives + negatives]
         y = np.array([1] * len(positives) + [0] * len(negatives))
+        from sklearn.linear_model import LogisticRegression  # slow to import: when needed
+
         model = LogisticRegression(C=1.0, class_weight="balanced", solver="liblinear")
         model.fit(x, y)
         coef = model.coef_[0]
