@@ -165,6 +165,26 @@ def feedback_paper_ids(db: sqlite_utils.Database) -> set[str]:
     return {row[0] for row in db.execute("SELECT DISTINCT paper_id FROM feedback").fetchall()}
 
 
+def liked_ids_missing(db: sqlite_utils.Database) -> list[str]:
+    """Every paper someone likes or dislikes that the database does not have (to fetch by id,
+    all readers at once)."""
+    rows = db.execute(
+        "SELECT DISTINCT paper_id FROM feedback WHERE paper_id NOT IN (SELECT id FROM papers) "
+        "ORDER BY paper_id"
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def liked_categories(db: sqlite_utils.Database) -> list[str]:
+    """The primary categories of every liked paper (the fetch takes their newest papers)."""
+    rows = db.execute(
+        "SELECT DISTINCT papers.primary_category FROM feedback JOIN papers "
+        "ON papers.id = feedback.paper_id WHERE feedback.kind = 'like' "
+        "ORDER BY papers.primary_category"
+    ).fetchall()
+    return [row[0] for row in rows if row[0]]
+
+
 # The vocabulary --------------------------------------------------------------------------------
 
 
