@@ -228,7 +228,9 @@ class Recommender:
         y = np.array([1] * len(positives) + [0] * len(negatives))
         from sklearn.linear_model import LogisticRegression  # slow to import: when needed
 
-        model = LogisticRegression(C=1.0, class_weight="balanced", solver="liblinear")
+        model = LogisticRegression(
+            C=1.0, class_weight="balanced", solver="liblinear", random_state=0
+        )
         model.fit(x, y)
         coef = model.coef_[0]
         keep = np.flatnonzero(coef)
