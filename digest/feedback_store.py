@@ -265,7 +265,7 @@ def load_weights(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, We
                 intercept,
                 threshold,
                 np.frombuffer(indices, dtype=np.int32),
-                np.frombuffer(weights, dtype=np.float32),
+                np.frombuffer(weights, dtype=np.float16).astype(np.float32),
             )
     return found
 
@@ -287,7 +287,7 @@ def save_weights(db: sqlite_utils.Database, fitted: Mapping[str, Weights]) -> No
                     w.intercept,
                     w.threshold,
                     w.indices.astype(np.int32).tobytes(),
-                    w.values.astype(np.float32).tobytes(),
+                    w.values.astype(np.float16).tobytes(),
                     when,
                 )
                 for key, w in fitted.items()

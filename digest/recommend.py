@@ -1,10 +1,16 @@
 """Recommendations learned from each reader's feedback: a linear model on tf-idf features.
 
 As arxiv-sanity-lite does it: one tf-idf vocabulary (words and word pairs of title + abstract,
-sublinear term frequency, English stop words dropped), and per reader a linear classifier with
-their liked papers as positives and, as negatives, their "not for me" papers and a fixed,
-deterministic sample of other papers (the *background*). A paper is recommended only when the
-model says it is more likely liked than not (probability above one half).
+sublinear term frequency, English stop words dropped), and per reader a linear classifier
+(logistic regression) with their liked papers as positives and, as negatives, their "not for
+me" papers (each weighing as much as a like) and a fixed, deterministic sample of other papers
+(the *background*, weighing as much as all the likes together).
+
+A paper is recommended only when it stands out for the reader: its score is above the
+CONTROL_PERCENTILE-th percentile of the scores of the *control* papers, a second fixed sample
+of ordinary papers the model was not trained on. (The raw probability is no guide: with a
+handful of likes against hundreds of others, regularisation keeps every new paper below one
+half.) A paper of another field shares no words with the likes and never passes.
 
 What is expensive is kept between runs:
 
@@ -37,11 +43,11 @@ from digest.models import Paper
 if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-MODEL_VERSION = "lr-balanced-c1-v1"  # part of every cache key: change it when the fit changes
+MODEL_VERSION = "lr-balanced-c1-v2"  # part of every cache key: change it when the fit changes
 SAMPLE_SIZE = 450  # papers sampled from the database: 2/3 background, 1/3 control
 CONTROL_PERCENTILE = 75.0  # recommended only above this percentile of the control papers
 MAX_FEATURES = 50_000
-KEEP_WEIGHTS = 4_000  # largest weights kept per reader (the rest round to nothing)
+KEEP_WEIGHTS = 1_000  # largest weights kept per reader (stored as float16: 6 KB a reader)
 TOP_WORDS = 3
 DEFAULT_TOP = 5
 DEFAULT_MIN_LIKES = 3
@@ -149,7 +155,7 @@ class Weights:
     intercept: float
     threshold: float  # the margin a paper must beat: CONTROL_PERCENTILE of the control papers
     indices: np.ndarray  # int32 feature indices
-    values: np.ndarray  # float32 weights
+    values: np.ndarray  # float32 weights (float16 precision: what is stored)
 
 
 @dataclass(frozen=True)
@@ -220,18 +226,24 @@ class Recommender:
         if not positives:
             return None
         taken = set(liked) | set(disliked)
-        negatives = [self.row[i] for i in disliked if i in self.row]
-        negatives += [self.row[i] for i in self.background if i not in taken]
-        if not negatives:
+        explicit = [self.row[i] for i in disliked if i in self.row]
+        others = [self.row[i] for i in self.background if i not in taken]
+        if not explicit and not others:
             return None
-        x = self.matrix[positives + negatives]
-        y = np.array([1] * len(positives) + [0] * len(negatives))
+        x = self.matrix[positives + explicit + others]
+        y = np.array([1] * len(positives) + [0] * (len(explicit) + len(others)))
+        # Balanced: the likes weigh as much together as the other papers together; and each
+        # "not for me" weighs as much as a like (it is the reader's word, not a sample).
+        total = len(y)
+        like = total / (2 * len(positives))
+        other = total / (2 * len(others)) if others else 0.0
+        weight = np.array(
+            [like] * (len(positives) + len(explicit)) + [other] * len(others), dtype=np.float64
+        )
         from sklearn.linear_model import LogisticRegression  # slow to import: when needed
 
-        model = LogisticRegression(
-            C=1.0, class_weight="balanced", solver="liblinear", random_state=0
-        )
-        model.fit(x, y)
+        model = LogisticRegression(C=1.0, solver="liblinear", random_state=0)
+        model.fit(x, y, sample_weight=weight)
         coef = model.coef_[0]
         keep = np.flatnonzero(coef)
         if len(keep) > KEEP_WEIGHTS:
@@ -242,7 +254,7 @@ class Recommender:
             float(model.intercept_[0]),
             0.0,
             keep.astype(np.int32),
-            coef[keep].astype(np.float32),
+            coef[keep].astype(np.float16).astype(np.float32),  # as stored: same scores after
         )
         control = [i for i in self.control if i not in taken]
         if control:

@@ -185,7 +185,7 @@ def _m_feedback(db: sqlite_utils.Database) -> None:
             "intercept": float,
             "threshold": float,
             "indices": bytes,  # int32 array
-            "weights": bytes,  # float32 array
+            "weights": bytes,  # float16 array
             "fitted_at": str,
         },
         pk="subscriber",
