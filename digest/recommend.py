@@ -207,6 +207,7 @@ class Recommender:
         self.control = [c for c in vocabulary.control if c in self.row]
         self.cache: Mapping[str, Weights] = cache or {}
         self._scratch = np.zeros(self.matrix.shape[1], dtype=np.float32)
+        self._rows_cache: dict[tuple[str, ...], sparse.csr_matrix] = {}
         self.fitted: dict[str, Weights] = {}  # reader key -> weights fitted in this run
 
     # Fitting -------------------------------------------------------------------------------
@@ -227,10 +228,10 @@ class Recommender:
             return None
         taken = set(liked) | set(disliked)
         explicit = [self.row[i] for i in disliked if i in self.row]
-        others = [self.row[i] for i in self.background if i not in taken]
+        others = [i for i in self.background if i not in taken]
         if not explicit and not others:
             return None
-        x = self.matrix[positives + explicit + others]
+        x = sparse.vstack([self.matrix[positives + explicit], self._rows(others)], format="csr")
         y = np.array([1] * len(positives) + [0] * (len(explicit) + len(others)))
         # Balanced: the likes weigh as much together as the other papers together; and each
         # "not for me" weighs as much as a like (it is the reader's word, not a sample).
@@ -242,7 +243,7 @@ class Recommender:
         )
         from sklearn.linear_model import LogisticRegression  # slow to import: when needed
 
-        model = LogisticRegression(C=1.0, solver="liblinear", random_state=0)
+        model = LogisticRegression(C=1.0, solver="liblinear", dual=True, random_state=0)
         model.fit(x, y, sample_weight=weight)
         coef = model.coef_[0]
         keep = np.flatnonzero(coef)
@@ -266,19 +267,33 @@ class Recommender:
 
     # Scoring -------------------------------------------------------------------------------
 
+    def _rows(self, paper_ids: Sequence[str]) -> sparse.csr_matrix:
+        """The rows of these (known) papers; the last few sets asked for are kept (every
+        reader asks for the same candidates)."""
+        key = tuple(paper_ids)
+        found = self._rows_cache.get(key)
+        if found is None:
+            found = self.matrix[[self.row[i] for i in paper_ids]]
+            if len(self._rows_cache) >= 4:
+                self._rows_cache.pop(next(iter(self._rows_cache)))
+            self._rows_cache[key] = found
+        return found
+
+    def _margin_array(self, weights: Weights, rows: sparse.csr_matrix) -> np.ndarray:
+        scratch = self._scratch  # a dense copy of the weights, cleared again after use
+        scratch[weights.indices] = weights.values
+        try:
+            return np.asarray(rows @ scratch + weights.intercept)
+        finally:
+            scratch[weights.indices] = 0.0
+
     def margins(self, weights: Weights, paper_ids: Iterable[str]) -> dict[str, float]:
         """The model's margin (log-odds) for each known paper of `paper_ids`."""
         known = [i for i in paper_ids if i in self.row]
         if not known:
             return {}
-        rows = self.matrix[[self.row[i] for i in known]]
-        scratch = self._scratch  # a dense copy of the weights, cleared again after use
-        scratch[weights.indices] = weights.values
-        try:
-            margin = rows @ scratch + weights.intercept
-        finally:
-            scratch[weights.indices] = 0.0
-        return dict(zip(known, (float(m) for m in margin), strict=True))
+        margin = self._margin_array(weights, self._rows(known))
+        return dict(zip(known, margin.tolist(), strict=True))
 
     def for_reader(
         self,
@@ -303,12 +318,12 @@ class Recommender:
             return []
         skip = set(liked) | set(disliked) | set(exclude)
         pool = self.ids if candidates is None else list(candidates)
-        scored = self.margins(weights, (i for i in pool if i not in skip))
+        scored = self.margins(weights, pool)  # all of them: the same rows for every reader
         ranked = sorted(
-            ((m, i) for i, m in scored.items() if m > weights.threshold),
+            ((m, i) for i, m in scored.items() if m > weights.threshold and i not in skip),
             key=lambda item: (-item[0], -self.papers[item[1]].published.timestamp(), item[1]),
         )[:top]
-        return [self._explain(weights, pid, margin, liked) for margin, pid in ranked]
+        return self._explain(weights, ranked, liked)
 
     def order(
         self, reader: str, liked: Iterable[str], disliked: Iterable[str], paper_ids: Sequence[str]
@@ -330,22 +345,27 @@ class Recommender:
         return sorted(paper_ids, key=rank)
 
     def _explain(
-        self, weights: Weights, paper_id: str, score: float, liked: Sequence[str]
-    ) -> Recommendation:
-        row = self.matrix[self.row[paper_id]]
-        liked_rows = [i for i in liked if i in self.row]
-        closest = None
-        if liked_rows:
-            similarity = (self.matrix[[self.row[i] for i in liked_rows]] @ row.T).toarray()[:, 0]
-            if similarity.max() > 0:
-                closest = liked_rows[int(np.argmax(similarity))]
-        w = dict(zip(weights.indices.tolist(), weights.values.tolist(), strict=True))
-        contributions = sorted(
-            (
-                (value * w.get(int(j), 0.0), int(j))
-                for j, value in zip(row.indices, row.data, strict=True)
-            ),
-            reverse=True,
-        )
-        words = tuple(self.vocabulary.terms[j] for c, j in contributions[:TOP_WORDS] if c > 0)
-        return Recommendation(paper_id, score, closest, words)
+        self, weights: Weights, ranked: Sequence[tuple[float, str]], liked: Sequence[str]
+    ) -> list[Recommendation]:
+        """Why each paper: the liked paper closest to it, the terms that weighed most."""
+        if not ranked:
+            return []
+        rows = self.matrix[[self.row[pid] for _, pid in ranked]]
+        known = [i for i in liked if i in self.row]
+        similarity = (self.matrix[[self.row[i] for i in known]] @ rows.T).toarray()
+        scratch = self._scratch
+        scratch[weights.indices] = weights.values
+        try:
+            out = []
+            for n, (margin, pid) in enumerate(ranked):
+                column = similarity[:, n]
+                closest = known[int(np.argmax(column))] if column.max() > 0 else None
+                start, end = rows.indptr[n], rows.indptr[n + 1]
+                terms = rows.indices[start:end]
+                weight = rows.data[start:end] * scratch[terms]
+                best = np.argsort(-weight)[:TOP_WORDS]
+                words = tuple(self.vocabulary.terms[terms[j]] for j in best if weight[j] > 0)
+                out.append(Recommendation(pid, margin, closest, words))
+        finally:
+            scratch[weights.indices] = 0.0
+        return out
