@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fit: {fit_ms:.2f} ms per reader (cold minus warm); score (recommend + order, "
         f"cached model): {score_ms:.2f} ms per reader with likes"
     )
+    print(f"wall time of the three runs: {time.perf_counter() - wall:.1f} s")
     print(
         f"stored weights: {stored / 1e6:.1f} MB for {len(likes)} readers "
         f"({stored / max(1, len(likes)) / 1000:.1f} KB each)"
