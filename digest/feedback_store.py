@@ -23,6 +23,7 @@ from digest.recommend import (
     DEFAULT_TOP,
     Recommendation,
     Recommender,
+    Vector,
     Vocabulary,
     Weights,
 )
@@ -199,6 +200,7 @@ def save_vocabulary(db: sqlite_utils.Database, vocabulary: Vocabulary) -> None:
     """Replace the stored vocabulary; every reader's stored weights go with it."""
     with store.immediate(db):
         db.execute("DELETE FROM reader_models")
+        db.execute("DELETE FROM paper_vectors")
         db.execute(
             "INSERT OR REPLACE INTO recommend_vocabulary "
             "(id, version, created_at, fitted_on, data, idf) VALUES (1, ?, ?, ?, ?, ?)",
@@ -295,6 +297,39 @@ def save_weights(db: sqlite_utils.Database, fitted: Mapping[str, Weights]) -> No
         )
 
 
+def load_vectors(db: sqlite_utils.Database, version: str, ids: Iterable[str]) -> dict[str, Vector]:
+    """The stored tf-idf vectors of these papers under vocabulary `version`."""
+    found: dict[str, Vector] = {}
+    wanted = list(ids)
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        rows = db.execute(
+            "SELECT paper_id, indices, data FROM paper_vectors WHERE version = ? "
+            f"AND paper_id IN ({','.join('?' * len(chunk))})",
+            [version, *chunk],
+        ).fetchall()
+        for paper_id, indices, data in rows:
+            found[paper_id] = (
+                np.frombuffer(indices, dtype=np.int32),
+                np.frombuffer(data, dtype=np.float32),
+            )
+    return found
+
+
+def save_vectors(db: sqlite_utils.Database, version: str, vectors: Mapping[str, Vector]) -> None:
+    if not vectors:
+        return
+    with store.immediate(db):
+        db.conn.executemany(
+            "INSERT OR REPLACE INTO paper_vectors (paper_id, version, indices, data) "
+            "VALUES (?, ?, ?, ?)",
+            [
+                (pid, version, i.astype(np.int32).tobytes(), d.astype(np.float32).tobytes())
+                for pid, (i, d) in vectors.items()
+            ],
+        )
+
+
 # One run -----------------------------------------------------------------------------------------
 
 
@@ -305,9 +340,15 @@ class RunRecommender:
     `recommend(key, ...)` and `order(key, ...)` for each reader; `save(db)` once at the end
     stores the weights fitted in this run (readers whose feedback changed)."""
 
-    def __init__(self, recommender: Recommender | None, feedback: Mapping[str, Feedback]) -> None:
+    def __init__(
+        self,
+        recommender: Recommender | None,
+        feedback: Mapping[str, Feedback],
+        reused: Iterable[str] = (),
+    ) -> None:
         self.recommender = recommender
         self.feedback = dict(feedback)
+        self.reused = set(reused)  # papers read every run: their vectors are worth storing
 
     def has_model(self, key: str, min_likes: int = 1) -> bool:
         return self.recommender is not None and len(self.of(key).liked) >= min_likes
@@ -337,10 +378,14 @@ class RunRecommender:
         return self.recommender.order(key, mine.liked, mine.disliked, paper_ids)
 
     def save(self, db: sqlite_utils.Database) -> int:
-        """Store the weights fitted in this run; returns how many."""
+        """Store the weights fitted in this run (and the new vectors of papers read every run);
+        returns how many readers' weights."""
         if self.recommender is None:
             return 0
         save_weights(db, self.recommender.fitted)
+        new = self.recommender.new_vectors
+        version = self.recommender.vocabulary.version
+        save_vectors(db, version, {pid: v for pid, v in new.items() if pid in self.reused})
         return len(self.recommender.fitted)
 
 
@@ -366,5 +411,6 @@ def prepare(
     papers = {p.id: p for p in candidates}
     papers.update(store.papers_by_id(db, sorted(wanted - set(papers))))
     readers = [key for key, f in feedback.items() if f.liked]
-    recommender = Recommender(papers.values(), vocabulary, load_weights(db, readers))
-    return RunRecommender(recommender, feedback)
+    vectors = load_vectors(db, vocabulary.version, sorted(wanted & set(papers)))
+    recommender = Recommender(papers.values(), vocabulary, load_weights(db, readers), vectors)
+    return RunRecommender(recommender, feedback, wanted)

@@ -31,7 +31,6 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -158,6 +157,20 @@ class Weights:
     values: np.ndarray  # float32 weights (float16 precision: what is stored)
 
 
+Vector = tuple[np.ndarray, np.ndarray]
+"""One paper's tf-idf vector, sparse: (int32 term indices, float32 values)."""
+
+
+def _stack(rows: Sequence[Vector], width: int) -> sparse.csr_matrix:
+    indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(indices) for indices, _ in rows])
+    indices = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int32)
+    data = np.concatenate([d for _, d in rows]) if rows else np.zeros(0, np.float32)
+    return sparse.csr_matrix(
+        (data.astype(np.float32), indices.astype(np.int32), indptr), shape=(len(rows), width)
+    )
+
+
 @dataclass(frozen=True)
 class Recommendation:
     paper_id: str
@@ -191,18 +204,24 @@ class Recommender:
         papers: Iterable[Paper],
         vocabulary: Vocabulary,
         cache: Mapping[str, Weights] | None = None,
+        vectors: Mapping[str, Vector] | None = None,
     ) -> None:
         self.vocabulary = vocabulary
         self.papers: dict[str, Paper] = {p.id: p for p in papers}
         self.ids: list[str] = list(self.papers)
         self.row: dict[str, int] = {pid: i for i, pid in enumerate(self.ids)}
-        texts = [paper_text(self.papers[pid]) for pid in self.ids]
-        matrix = vocabulary.vectorizer().transform(texts) if texts else None
-        self.matrix: sparse.csr_matrix = (
-            sparse.csr_matrix(matrix, dtype=np.float32)
-            if matrix is not None
-            else sparse.csr_matrix((0, len(vocabulary.terms)), dtype=np.float32)
-        )
+        stored = vectors or {}
+        missing = [pid for pid in self.ids if pid not in stored]
+        self.new_vectors: dict[str, Vector] = {}  # vectorized now: the caller may store them
+        if missing:
+            texts = [paper_text(self.papers[pid]) for pid in missing]
+            made = sparse.csr_matrix(vocabulary.vectorizer().transform(texts), dtype=np.float32)
+            for n, pid in enumerate(missing):
+                start, end = made.indptr[n], made.indptr[n + 1]
+                self.new_vectors[pid] = (made.indices[start:end], made.data[start:end])
+        rows = [stored[pid] if pid in stored else self.new_vectors[pid] for pid in self.ids]
+        self.matrix: sparse.csr_matrix = _stack(rows, len(vocabulary.terms))
+        self._when = {pid: p.published.timestamp() for pid, p in self.papers.items()}
         self.background = [b for b in vocabulary.background if b in self.row]
         self.control = [c for c in vocabulary.control if c in self.row]
         self.cache: Mapping[str, Weights] = cache or {}
@@ -317,11 +336,14 @@ class Recommender:
         if weights is None:
             return []
         skip = set(liked) | set(disliked) | set(exclude)
-        pool = self.ids if candidates is None else list(candidates)
-        scored = self.margins(weights, pool)  # all of them: the same rows for every reader
+        pool = [i for i in (self.ids if candidates is None else candidates) if i in self.row]
+        if not pool:
+            return []
+        margin = self._margin_array(weights, self._rows(pool))  # the same rows for everyone
+        passing = np.flatnonzero(margin > weights.threshold)
         ranked = sorted(
-            ((m, i) for i, m in scored.items() if m > weights.threshold and i not in skip),
-            key=lambda item: (-item[0], -self.papers[item[1]].published.timestamp(), item[1]),
+            ((float(margin[n]), pool[n]) for n in passing if pool[n] not in skip),
+            key=lambda item: (-item[0], -self._when[item[1]], item[1]),
         )[:top]
         return self._explain(weights, ranked, liked)
 
@@ -338,8 +360,7 @@ class Recommender:
         position = {pid: n for n, pid in enumerate(paper_ids)}
 
         def rank(pid: str) -> tuple[float, float, int]:
-            paper = self.papers.get(pid)
-            when = paper.published.timestamp() if paper else datetime.min.timestamp()
+            when = self._when.get(pid, -math.inf)
             return (-scored.get(pid, -math.inf), -when, position[pid])
 
         return sorted(paper_ids, key=rank)

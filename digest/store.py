@@ -161,6 +161,7 @@ def _m_feedback(db: sqlite_utils.Database) -> None:
     feedback: `kind` like | dislike, `source` csv (the likes column) | cli | web.
     recommend_vocabulary: the stored tf-idf vocabulary (one row, replaced when refitted).
     reader_models: each reader's fitted weights, keyed by a hash of what they were fitted on.
+    paper_vectors: tf-idf vectors of the papers read every run (liked, disliked, the samples).
     """
     db["feedback"].create(
         {"subscriber": str, "paper_id": str, "kind": str, "created_at": str, "source": str},
@@ -189,6 +190,10 @@ def _m_feedback(db: sqlite_utils.Database) -> None:
             "fitted_at": str,
         },
         pk="subscriber",
+    )
+    db["paper_vectors"].create(
+        {"paper_id": str, "version": str, "indices": bytes, "data": bytes},  # int32, float32
+        pk="paper_id",
     )
 
 

@@ -157,6 +157,7 @@ def test_models_are_cached_between_runs_and_refitted_when_feedback_changes(
 
     second, again, order_again = run(NOW + timedelta(days=1))
     assert second.recommender is not None and second.recommender.fitted == {}  # all cached
+    assert set(second.recommender.new_vectors) <= set(today)  # liked papers' vectors stored
     assert (again, order_again) == (picks, order)
 
     feedback_store.record(db, ADA, today[0], "dislike", "web")
