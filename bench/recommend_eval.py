@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'keyword':<14} {'day D':<11} {'likes':>5} {'pool':>5} {'truth':>5} "
         f"{'p@' + str(args.top):>6} {'random':>7}"
     )
-    results: list[tuple[float, float]] = []
+    results: list[tuple[str, float, float]] = []
     for keyword in keywords:
         pattern = phrase_pattern(keyword)
         for day in days:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             hits = sum(1 for r in picks if r.paper_id in truth)
             precision = hits / args.top
             random_pick = len(truth) / len(pool)
-            results.append((precision, random_pick))
+            results.append((keyword, precision, random_pick))
             print(
                 f"{keyword:<14} {day:<11} {len(liked):>5} {len(pool):>5} {len(truth):>5} "
                 f"{precision:>6.2f} {random_pick:>7.2f}"
@@ -134,10 +134,14 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no setup: too few papers")
         return 1
-    print(
-        f"mean over {len(results)} setups: precision@{args.top} "
-        f"{mean(r[0] for r in results):.2f}, random pick {mean(r[1] for r in results):.2f}"
-    )
+    for keyword in [*keywords, None]:
+        mine = [r for r in results if keyword is None or r[0] == keyword]
+        if mine:
+            print(
+                f"mean over {len(mine)} setups{' of ' + keyword if keyword else ''}: "
+                f"precision@{args.top} {mean(r[1] for r in mine):.2f}, "
+                f"random pick {mean(r[2] for r in mine):.2f}"
+            )
     return 0
 
 
