@@ -53,6 +53,8 @@ class Settings:
     smtp_retries: int = 3
     retry_backoff: float = 5.0
     suspend_after: int = 3
+    recommend_top: int = 5  # papers in "Recommended for you"
+    recommend_min_likes: int = 3  # likes a reader needs before they get the section
     secret: str | None = field(default=None, repr=False)  # signs unsubscribe links
 
     @classmethod
@@ -92,6 +94,10 @@ class Settings:
             smtp_retries=reader.get("SMTP_RETRIES", _non_negative(int), cls.smtp_retries),
             retry_backoff=reader.get("RETRY_BACKOFF", _non_negative(float), cls.retry_backoff),
             suspend_after=reader.get("SUSPEND_AFTER", _positive(int), cls.suspend_after),
+            recommend_top=reader.get("RECOMMEND_TOP", _non_negative(int), cls.recommend_top),
+            recommend_min_likes=reader.get(
+                "RECOMMEND_MIN_LIKES", _positive(int), cls.recommend_min_likes
+            ),
             secret=reader.get("SECRET", _secret, None, secret=True),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
