@@ -350,7 +350,7 @@ class RunRecommender:
         self.feedback = dict(feedback)
         self.reused = set(reused)  # papers read every run: their vectors are worth storing
 
-    def has_model(self, key: str, min_likes: int = 1) -> bool:
+    def has_model(self, key: str, min_likes: int = DEFAULT_MIN_LIKES) -> bool:
         return self.recommender is not None and len(self.of(key).liked) >= min_likes
 
     def of(self, key: str) -> Feedback:
@@ -371,7 +371,11 @@ class RunRecommender:
             key, mine.liked, mine.disliked, exclude, top, min_likes, candidates
         )
 
-    def order(self, key: str, paper_ids: Sequence[str], min_likes: int = 1) -> list[str]:
+    def order(
+        self, key: str, paper_ids: Sequence[str], min_likes: int = DEFAULT_MIN_LIKES
+    ) -> list[str]:
+        """The section's papers best first for a reader with a model (at least `min_likes`
+        likes); as given for everyone else."""
         mine = self.of(key)
         if self.recommender is None or len(mine.liked) < min_likes:
             return list(paper_ids)
