@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from sklearn.feature_extraction.text import TfidfVectorizer
 
 MODEL_VERSION = "lr-balanced-c1-v2"  # part of every cache key: change it when the fit changes
-SAMPLE_SIZE = 450  # papers sampled from the database: 2/3 background, 1/3 control
+SAMPLE_SIZE = 300  # papers sampled from the database: 2/3 background, 1/3 control
 CONTROL_PERCENTILE = 75.0  # recommended only above this percentile of the control papers
 MAX_FEATURES = 50_000
 KEEP_WEIGHTS = 1_000  # largest weights kept per reader (stored as float16: 6 KB a reader)
