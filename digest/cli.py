@@ -362,6 +362,29 @@ _keywords_command("remove", "Remove keywords (at least one must remain).")
 _keywords_command("set", "Replace all keywords, in the order given.")
 
 
+def _likes_command(action: str, help_text: str) -> None:
+    @subscribers.command(action, help=help_text)
+    @click.argument("email")
+    @click.argument("ids", nargs=-1, required=True)
+    @db_option
+    @subscribers_option
+    @user_errors
+    def command(
+        email: str, ids: tuple[str, ...], db: Path | None, subscribers: Path | None
+    ) -> None:
+        from digest import feedback_store
+
+        settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
+        likes = feedback_store.edit_likes(
+            settings.subscribers_path, store.open_db(settings.db_path), email, action, ids
+        )
+        click.echo(f"{email.strip()} likes: {'; '.join(likes) if likes else 'nothing'}")
+
+
+_likes_command("like", "Add arXiv ids (with or without version) to a subscriber's likes.")
+_likes_command("unlike", "Remove arXiv ids from a subscriber's likes.")
+
+
 @subscribers.command("check")
 @subscribers_option
 @user_errors

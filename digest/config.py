@@ -55,6 +55,8 @@ class Settings:
     smtp_retries: int = 3
     retry_backoff: float = 5.0
     suspend_after: int = 3
+    recommend_top: int = 5  # papers in "Recommended for you"
+    recommend_min_likes: int = 3  # likes a reader needs before they get the section
     secret: str | None = field(default=None, repr=False)  # signs unsubscribe links
     dkim_key: Path | None = None  # PEM private key file; None: emails are not DKIM-signed
     dkim_selector: str | None = None
@@ -98,6 +100,10 @@ class Settings:
             smtp_retries=reader.get("SMTP_RETRIES", _non_negative(int), cls.smtp_retries),
             retry_backoff=reader.get("RETRY_BACKOFF", _non_negative(float), cls.retry_backoff),
             suspend_after=reader.get("SUSPEND_AFTER", _positive(int), cls.suspend_after),
+            recommend_top=reader.get("RECOMMEND_TOP", _non_negative(int), cls.recommend_top),
+            recommend_min_likes=reader.get(
+                "RECOMMEND_MIN_LIKES", _positive(int), cls.recommend_min_likes
+            ),
             secret=reader.get("SECRET", _secret, None, secret=True),
             dkim_key=reader.get("DKIM_KEY", _dkim_key, None),
             dkim_selector=reader.get("DKIM_SELECTOR", _dns_label, None),

@@ -25,6 +25,7 @@ from digest import __version__
 from digest.errors import FetchError
 from digest.match import author_key, keyword_terms
 from digest.models import Paper, split_version
+from digest.subscribers import ARXIV_ID
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ USER_AGENT = f"digest/{__version__} (self-hosted arXiv email digest; arxiv.py {a
 PAGE_SIZE = 200
 MAX_RESULTS = 10_000  # per query: a runaway result set must end (the API stops at 30,000)
 MAX_QUERY_CHARS = 1500  # keeps each request URL far below what servers accept
+CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+)?$")  # no wildcard, no query syntax
 _ATOM = "{http://www.w3.org/2005/Atom}"
 _OPENSEARCH = "{http://a9.com/-/spec/opensearch/1.1/}"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False)
@@ -45,14 +47,20 @@ class FetchResult:
 
 
 def build_queries(
-    keywords: Iterable[str], max_chars: int = MAX_QUERY_CHARS, authors: Iterable[str] = ()
+    keywords: Iterable[str],
+    max_chars: int = MAX_QUERY_CHARS,
+    authors: Iterable[str] = (),
+    categories: Iterable[str] = (),
 ) -> list[str]:
-    """arXiv search queries covering every keyword and author, as few as fit in `max_chars` each.
+    """arXiv search queries covering every keyword, author and category, as few as fit in
+    `max_chars` each.
 
     Each keyword is searched as a quoted phrase of its plain words in title and abstract, each
     author as a quoted name of plain words (no accents) in the author field, so neither can
     ever become query syntax (no quotes, fields, operators or parentheses pass). Categories and
     exclude phrases need nothing from arXiv: they only narrow what the keywords found.
+    `categories` (those of readers' liked papers, for recommendations) are `cat:` clauses;
+    one that is not a plain arXiv category (`cs.CL`, `hep-th`) is left out.
     """
     clauses: list[str] = []
     seen: set[str] = set()
@@ -66,6 +74,10 @@ def build_queries(
         if name and f"au:{name}" not in seen:
             seen.add(f"au:{name}")
             clauses.append(f'au:"{name}"')
+    for category in categories:
+        if CATEGORY.match(category) and f"cat:{category}" not in seen:
+            seen.add(f"cat:{category}")
+            clauses.append(f"cat:{category}")
     queries: list[str] = []
     current: list[str] = []
     for clause in clauses:
@@ -218,8 +230,11 @@ def fetch(
     page_size: int = PAGE_SIZE,
     sleep: Callable[[float], None] = time.sleep,
     authors: Iterable[str] = (),
+    categories: Iterable[str] = (),
 ) -> FetchResult:
-    """Every paper matching any keyword, or by any author, first published at or after `since`.
+    """Every paper matching any keyword, or by any author, or in any of `categories` (the
+    newest papers of the categories readers' liked papers are in), first published at or after
+    `since`.
 
     Newest first, one query per chunk of keywords; paging stops at the first older paper.
     A busy, slow or glitching arXiv is asked again up to `retries` times, waiting `backoff`
@@ -227,10 +242,8 @@ def fetch(
     Raises FetchError when that is not enough: a partial fetch must never look complete.
     """
     session = ArxivSession(timeout)
-    client = arxiv.Client(page_size=page_size, delay_seconds=delay, num_retries=0)
-    client.query_url_format = url + "?{}"
-    client._session = session  # the documented knobs have no timeout or User-Agent
-    queries = build_queries(keywords, authors=authors)
+    client = _client(url, delay, page_size, session)
+    queries = build_queries(keywords, authors=authors, categories=categories)
     papers: dict[str, Paper] = {}
     for query in queries:
         search = arxiv.Search(
@@ -239,49 +252,93 @@ def fetch(
             sort_by=arxiv.SortCriterion.SubmittedDate,
             sort_order=arxiv.SortOrder.Descending,
         )
-        offset, attempt = 0, 0
-        while True:
-            try:
-                for result in client.results(search, offset=offset):
-                    offset += 1
-                    if result.published < since:
-                        break
-                    paper = to_paper(result)
-                    known = papers.get(paper.id)
-                    if known is None or known.version < paper.version:
-                        papers[paper.id] = paper
-                break
-            except (TransientFetchError, arxiv.UnexpectedEmptyPageError) as exc:
-                if isinstance(exc, arxiv.UnexpectedEmptyPageError):
-                    exc = TransientFetchError(
-                        f"arXiv answered an empty page at result {offset}; "
-                        f"that is an arXiv glitch, not 'no new papers'"
-                    )
-                attempt += 1
-                wait = retry_delay(attempt, backoff, exc.retry_after)
-                if wait > MAX_RETRY_AFTER:
-                    raise FetchError(
-                        f"{exc}; it asks to wait {wait:g} s, longer than a run waits "
-                        f"({MAX_RETRY_AFTER:g} s)"
-                    ) from None
-                if attempt > retries:
-                    tries = f"{attempt} tries" if attempt > 1 else "1 try"
-                    raise FetchError(f"{exc} (gave up after {tries})") from None
-                asked = " as asked by Retry-After" if exc.retry_after is not None else ""
-                log.warning(
-                    "%s; asking again in %g s%s (retry %d of %d)",
-                    exc,
-                    wait,
-                    asked,
-                    attempt,
-                    retries,
-                )
-                sleep(wait)
-            except arxiv.HTTPError as exc:  # another status (403, 404...): asking again won't help
-                status, origin = exc.status, _origin(exc.url)
-                raise FetchError(f"arXiv answered HTTP {status} to {origin}") from None
+        _collect(client, search, papers, since, retries, backoff, sleep)
     log.info("fetched %d papers from arXiv in %d requests", len(papers), session.count)
     return FetchResult(papers=list(papers.values()), requests=session.count, queries=len(queries))
+
+
+def _client(url: str, delay: float, page_size: int, session: ArxivSession) -> arxiv.Client:
+    client = arxiv.Client(page_size=page_size, delay_seconds=delay, num_retries=0)
+    client.query_url_format = url + "?{}"
+    client._session = session  # the documented knobs have no timeout or User-Agent
+    return client
+
+
+def _collect(
+    client: arxiv.Client,
+    search: arxiv.Search,
+    papers: dict[str, Paper],
+    since: datetime | None,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None],
+) -> None:
+    """Page through one search into `papers` (newest version wins), stopping at the first
+    paper older than `since` (None: take all); asks again on transient failures."""
+    offset, attempt = 0, 0
+    while True:
+        try:
+            for result in client.results(search, offset=offset):
+                offset += 1
+                if since is not None and result.published < since:
+                    break
+                paper = to_paper(result)
+                known = papers.get(paper.id)
+                if known is None or known.version < paper.version:
+                    papers[paper.id] = paper
+            return
+        except (TransientFetchError, arxiv.UnexpectedEmptyPageError) as exc:
+            if isinstance(exc, arxiv.UnexpectedEmptyPageError):
+                exc = TransientFetchError(
+                    f"arXiv answered an empty page at result {offset}; "
+                    f"that is an arXiv glitch, not 'no new papers'"
+                )
+            attempt += 1
+            wait = retry_delay(attempt, backoff, exc.retry_after)
+            if wait > MAX_RETRY_AFTER:
+                raise FetchError(
+                    f"{exc}; it asks to wait {wait:g} s, longer than a run waits "
+                    f"({MAX_RETRY_AFTER:g} s)"
+                ) from None
+            if attempt > retries:
+                tries = f"{attempt} tries" if attempt > 1 else "1 try"
+                raise FetchError(f"{exc} (gave up after {tries})") from None
+            asked = " as asked by Retry-After" if exc.retry_after is not None else ""
+            log.warning(
+                "%s; asking again in %g s%s (retry %d of %d)", exc, wait, asked, attempt, retries
+            )
+            sleep(wait)
+        except arxiv.HTTPError as exc:  # another status (403, 404...): asking again won't help
+            status, origin = exc.status, _origin(exc.url)
+            raise FetchError(f"arXiv answered HTTP {status} to {origin}") from None
+
+
+ID_BATCH = 100  # ids per id_list request
+
+
+def fetch_ids(
+    ids: Iterable[str],
+    *,
+    url: str,
+    delay: float,
+    timeout: float,
+    retries: int = 0,
+    backoff: float = 0.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> FetchResult:
+    """The papers with these arXiv ids (e.g. every reader's liked papers the database does
+    not know), ID_BATCH ids per request whoever liked them. Ids that arXiv does not know are
+    simply not in the result; an id that is not an arXiv id is never sent."""
+    wanted = sorted({i for i in ids if ARXIV_ID.match(i)})
+    session = ArxivSession(timeout)
+    client = _client(url, delay, ID_BATCH, session)
+    papers: dict[str, Paper] = {}
+    batches = [wanted[n : n + ID_BATCH] for n in range(0, len(wanted), ID_BATCH)]
+    for batch in batches:
+        search = arxiv.Search(id_list=batch, max_results=len(batch))
+        _collect(client, search, papers, None, retries, backoff, sleep)
+    log.info("fetched %d liked papers from arXiv in %d requests", len(papers), session.count)
+    return FetchResult(papers=list(papers.values()), requests=session.count, queries=len(batches))
 
 
 def lookback_start(now: datetime, days: int) -> datetime:

@@ -152,6 +152,48 @@ def _m_run_timings(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("timings", str)
 
 
+def _m_feedback(db: sqlite_utils.Database) -> None:
+    """Readers' feedback (issue 13): one opinion per (subscriber, paper), the latest.
+
+    feedback: `kind` like | dislike, `source` csv (the likes column) | cli | web.
+    recommend_vocabulary: the stored tf-idf vocabulary (one row, replaced when refitted).
+    reader_models: each reader's fitted weights, keyed by a hash of what they were fitted on.
+    paper_vectors: tf-idf vectors of the papers read every run (liked, disliked, the samples).
+    """
+    db["feedback"].create(
+        {"subscriber": str, "paper_id": str, "kind": str, "created_at": str, "source": str},
+        pk=("subscriber", "paper_id"),
+    )
+    db["feedback"].create_index(["paper_id"])
+    db["recommend_vocabulary"].create(
+        {
+            "id": int,
+            "version": str,
+            "created_at": str,
+            "fitted_on": int,
+            "data": str,  # JSON: terms, background and control paper ids
+            "idf": bytes,  # float32 array
+        },
+        pk="id",
+    )
+    db["reader_models"].create(
+        {
+            "subscriber": str,
+            "key": str,  # recommend.feedback_key: vocabulary version + likes + dislikes
+            "intercept": float,
+            "threshold": float,
+            "indices": bytes,  # int32 array
+            "weights": bytes,  # float16 array
+            "fitted_at": str,
+        },
+        pk="subscriber",
+    )
+    db["paper_vectors"].create(
+        {"paper_id": str, "version": str, "indices": bytes, "data": bytes},  # int32, float32
+        pk="paper_id",
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
@@ -159,4 +201,5 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m_trending_upvotes,
     _m_suppressions,
     _m_run_timings,
+    _m_feedback,
 ]

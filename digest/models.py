@@ -66,6 +66,7 @@ class Subscriber:
     exclude: tuple[str, ...] = ()  # phrases that drop a keyword match
     authors: tuple[str, ...] = ()  # papers by these authors are included whatever the keywords
     weekday: int | None = None  # None: daily; 0 (Monday) .. 6 (Sunday): weekly on that day
+    likes: tuple[str, ...] = ()  # arXiv ids without version, from the `likes` column
 
     @property
     def key(self) -> str:

@@ -34,11 +34,12 @@ from digest.subscribers import (
     format_frequency,
     load,
     parse_keywords,
+    parse_likes,
 )
 
 BOM = "\ufeff"
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
-LIST_COLUMNS = ("keywords", "categories", "exclude", "authors")
+LIST_COLUMNS = ("keywords", "categories", "exclude", "authors", "likes")
 
 
 def address_key(raw: str) -> str:
@@ -298,6 +299,37 @@ def update(path: Path, email: str, options: Mapping[str, str | None]) -> dict[st
     _validate(doc, record)
     doc.write()
     return doc.values(record)
+
+
+def change_likes(path: Path, email: str, action: str, ids: Iterable[str]) -> list[str]:
+    """`action` is like or unlike: add the arXiv ids to (or remove them from) the subscriber's
+    likes column; returns their likes after the change (ids without version)."""
+    given, bad = parse_likes(KEYWORD_SEPARATOR.join(ids))
+    if bad is not None:
+        raise DigestError(
+            f"{bad!r} is not an arXiv id; write ids such as '2506.13741' or '2506.13741v2'"
+        )
+    doc = Document.read(path)
+    record = doc.find(email)
+    cell = doc.get(record, "likes") if "likes" in doc.columns else ""
+    found, wrong = parse_likes(cell)
+    if wrong is not None:
+        raise DigestError(
+            f"{doc.path}:{record.line}: like {wrong!r} is not an arXiv id; fix that cell "
+            f"first (see `digest subscribers check`); nothing was written"
+        )
+    current = list(found)
+    if action == "like":
+        new = current + [i for i in given if i not in current]
+    elif action == "unlike":
+        new = [i for i in current if i not in given]
+    else:
+        raise ValueError(action)
+    if new != current:
+        doc.set(record, "likes", _join(new))
+        _validate(doc, record)
+        doc.write()
+    return new
 
 
 def check(path: Path) -> list[Problem]:

@@ -14,10 +14,10 @@ from email_validator import EmailNotValidError, validate_email
 
 from digest.errors import DigestError
 from digest.match import author_terms, keyword_terms
-from digest.models import Subscriber
+from digest.models import Subscriber, split_version
 
 REQUIRED_COLUMNS = ("email", "keywords")
-OPTIONAL_COLUMNS = ("name", "categories", "exclude", "authors", "frequency")
+OPTIONAL_COLUMNS = ("name", "categories", "exclude", "authors", "frequency", "likes")
 KEYWORD_SEPARATOR = ";"
 # The optional `trending` column: an empty cell keeps the default (the section is shown).
 TRENDING_VALUES = {"yes": True, "on": True, "true": True, "1": True}
@@ -27,6 +27,8 @@ TRENDING_VALUES |= {"no": False, "off": False, "false": False, "0": False}
 CATEGORY = re.compile(r"^[a-z-]+(\.[A-Za-z-]+|\.\*)?$")
 DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 WEEKDAYS = tuple(day[:3] for day in DAY_NAMES)
+# An arXiv id, new style (`2401.12345`, `2401.12345v2`) or old (`hep-th/9901001v1`).
+ARXIV_ID = re.compile(r"^(\d{4}\.\d{4,5}|[a-z-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
 FREQUENCY_HELP = "use 'daily' or 'weekly:DAY' with DAY one of mon, tue, wed, thu, fri, sat, sun"
 
 
@@ -155,6 +157,12 @@ def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, s
         weekday = parse_frequency(values.get("frequency") or "")
     except ValueError as exc:
         return None, f"frequency of {email}: {exc}"
+    likes, bad_like = parse_likes(values.get("likes") or "")
+    if bad_like is not None:
+        return None, (
+            f"like {bad_like!r} of {email} is not an arXiv id; write ids such as "
+            f"'2506.13741' or '2506.13741v2', separated by ';'"
+        )
     return (
         Subscriber(
             email=email,
@@ -166,9 +174,23 @@ def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, s
             authors=authors,
             weekday=weekday,
             trending=trending,
+            likes=likes,
         ),
         None,
     )
+
+
+def parse_likes(cell: str) -> tuple[tuple[str, ...], str | None]:
+    """A likes cell -> (ids without version, in order, each once; the first bad id or None).
+    Ids may be written with or without version, or as an arxiv.org/abs/ link."""
+    ids: dict[str, None] = {}
+    for item in parse_keywords(cell):
+        raw = re.sub(r"^(?:https?://)?(?:www\.)?arxiv\.org/(?:abs|pdf)/", "", item.strip())
+        raw = raw.removeprefix("arXiv:").removeprefix("arxiv:")
+        if not ARXIV_ID.match(raw):
+            return (), item
+        ids[split_version(raw)[0]] = None
+    return tuple(ids), None
 
 
 def parse_frequency(cell: str) -> int | None:

@@ -199,6 +199,8 @@ def create_app(settings: Settings) -> Flask:
             return show(token, key, "Could not remove it just now; try again.", True, 409)
         return show(token, key, f"Removed '{keyword}'. It will not be in your next digest.")
 
+    app.register_blueprint(__import__("digest.feedback").feedback.blueprint(settings))
+
     @app.after_request
     def secure(response: Response) -> Response:
         response.headers.update(SECURITY_HEADERS)
