@@ -1,4 +1,4 @@
-"""Readers' feedback and the recommender's cache in SQLite (tables made by `migrations._m_feedback`).
+"""Readers' feedback and the recommender's cache in SQLite (tables: `migrations._m_feedback`).
 
 - `feedback`: one row per (subscriber, paper): the reader's latest opinion, like or dislike,
   with when and where it came from (csv: the likes column of subscribers.csv; cli; web).

@@ -23,7 +23,7 @@ from pathlib import Path
 import filelock
 import sqlite_utils
 
-from digest import announce, outbox, plan, store, subscribers
+from digest import announce, outbox, plan, runlog, store, subscribers
 from digest import fetch as fetch_stage
 from digest import trending as trending_stage
 from digest.build import Builder, BuildFailed, Previews
@@ -70,15 +70,15 @@ def run_send(
     db = store.open_db(settings.db_path)
     with run_lock(settings.db_path, shared=dry_run):
         if not dry_run:
-            store.close_interrupted_runs(db)
-        report.run_id = run_id = store.start_run(db, "dry-run" if dry_run else "send")
+            runlog.close_interrupted_runs(db)
+        report.run_id = run_id = runlog.start_run(db, "dry-run" if dry_run else "send")
         timings = Timings()
         try:
             _Run(db, settings, sender, now, report, timings, progress).run(
                 people, out_dir, on_start, should_stop
             )
         except DigestError as exc:
-            store.finish_run(
+            runlog.finish_run(
                 db, run_id, "failed", message=str(exc), timings=timings.as_json(), **report.counts()
             )
             raise
@@ -86,7 +86,7 @@ def run_send(
         lines = [*report.problems, *(f"{o.email}: {o.detail}" for o in report.failed)]
         if report.stopped:
             lines.insert(0, f"stopped before {report.left} of {report.subscribers} subscribers")
-        store.finish_run(
+        runlog.finish_run(
             db,
             run_id,
             status,
@@ -336,9 +336,9 @@ def _check_fetch(
 ) -> list[str]:
     """Record the successful fetch; a warning when it found nothing new although arXiv
     announced papers since the last fetch."""
-    previous = store.last_fetch(db, run_id)
+    previous = runlog.last_fetch(db, run_id)
     newest = max((store.now_iso(p.published) for p in papers), default=None)
-    store.record_fetch(db, run_id, newest, now)
+    runlog.record_fetch(db, run_id, newest, now)
     last_fetch, seen_up_to = previous if previous else (None, None)
     new = [p for p in papers if seen_up_to is None or store.now_iso(p.published) > seen_up_to]
     if new or not announce.new_papers_expected(now, last_fetch):

@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from digest import smtp, store, volume
+from digest import runlog, smtp, store, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import run_send
@@ -163,9 +163,9 @@ def plan_from_db(
     extra_failures: Sequence[datetime] = (),
 ) -> Plan:
     zone = settings.tz
-    last_ok = store.last_ok_send(db)
+    last_ok = runlog.last_ok_send(db)
     midnight = datetime.combine(local_day(now, zone), time()).replace(tzinfo=zone)
-    failures = [*store.failed_sends_since(db, midnight), *extra_failures]
+    failures = [*runlog.failed_sends_since(db, midnight), *extra_failures]
     failures = sorted(f for f in failures if local_day(f, zone) == local_day(now, zone))
     last_ok_day = local_day(last_ok, zone) if last_ok else None
     return plan(now, zone, settings.send_at, last_ok_day, failures)
@@ -213,7 +213,7 @@ class Daemon:
 
     def run(self) -> int:
         s = self.settings
-        store.daemon_started(self.db, os.getpid(), self.clock())
+        runlog.daemon_started(self.db, os.getpid(), self.clock())
         log.info(
             "digest run started (pid %d): one send a day at %s %s, database %s",
             os.getpid(),
@@ -235,7 +235,7 @@ class Daemon:
                 time_module.sleep(min(max(idle if idle is not None else NAP, 0.0), NAP))
         finally:
             try:
-                store.daemon_stopped(self.db, self.clock())
+                runlog.daemon_stopped(self.db, self.clock())
                 log.info("digest run stopped")
             finally:
                 self.finished.set()
@@ -271,7 +271,7 @@ class Daemon:
         but not accepted stays pending) and exit 0 now, before the container engine kills us."""
         message = f"stopped: still busy {waited:g} s after the stop request, the process exited"
         try:
-            store.record_forced_stop(
+            runlog.record_forced_stop(
                 self.settings.db_path, self.attempt_after, message, self.clock()
             )
         except Exception as exc:  # exiting anyway: the next start closes the run as interrupted
@@ -305,7 +305,7 @@ class Daemon:
 
     def _tick(self) -> None:
         now = self.clock()
-        store.daemon_heartbeat(self.db, now)
+        runlog.daemon_heartbeat(self.db, now)
         if plan_from_db(self.db, self.settings, now, self.unrecorded_failures).is_due(now):
             self._on_due()
         else:
@@ -330,7 +330,7 @@ class Daemon:
 
     def _attempt(self, p: Plan) -> None:
         log.info("run for %s starting (%s)", p.day.isoformat(), REASONS[p.reason])
-        before = store.recent_runs(self.db, 1)
+        before = runlog.recent_runs(self.db, 1)
         self.attempt_after = int(str(before[0]["id"])) if before else 0
         try:
             report = run_send(self.settings, progress=self._on_outcome, should_stop=self._stop)
@@ -353,14 +353,14 @@ class Daemon:
         return self.stop_requested
 
     def _count_failure(self, before: list[dict[str, object]]) -> None:
-        after = store.recent_runs(self.db, 1)
+        after = runlog.recent_runs(self.db, 1)
         recorded = bool(after) and after != before and after[0]["status"] == "failed"
         if not recorded:
             self.unrecorded_failures.append(self.clock())
 
     def _on_outcome(self, outcome: Outcome) -> None:
         log.info("%s", describe(outcome))
-        store.daemon_heartbeat(self.db, self.clock())
+        runlog.daemon_heartbeat(self.db, self.clock())
 
     def _log_report(self, report: RunReport) -> None:
         for problem in report.problems:

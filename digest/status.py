@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from digest import outbox, store, subscribers, volume
+from digest import outbox, runlog, store, subscribers, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.scheduler import REASONS, local_day, missed_day, plan_from_db
@@ -63,10 +63,10 @@ def gather(
     now = now or datetime.now(UTC)
     zone = settings.tz
     db = store.open_db(settings.db_path)
-    recent = store.recent_runs(db, runs)
-    daemon = store.daemon_row(db)
+    recent = runlog.recent_runs(db, runs)
+    daemon = runlog.daemon_row(db)
     next_plan = plan_from_db(db, settings, now)
-    last_ok = store.last_ok_send(db)
+    last_ok = runlog.last_ok_send(db)
     last_ok_day = local_day(last_ok, zone) if last_ok else None
 
     problems: list[str] = []
