@@ -255,3 +255,31 @@ def test_the_cli_stops_on_a_bad_key_before_sending_anything(digest: Digest) -> N
     )
     assert digest.smtp.messages == []
     assert "PRIVATE" not in result.stdout + result.stderr
+
+
+def test_a_real_send_arrives_signed_and_every_email_verifies(
+    digest: Digest, key_pem: bytes, tmp_path: Path
+) -> None:
+    key = tmp_path / "dkim.pem"
+    key.write_bytes(key_pem)
+    digest.extra_env.update(
+        DIGEST_DKIM_KEY=str(key),
+        DIGEST_DKIM_SELECTOR="digest",
+        DIGEST_PUBLIC_URL="https://digest.example.org",
+        DIGEST_SECRET="a-test-secret-of-enough-length",
+    )
+    signer = Signer(key_pem, "digest", "example.org")
+    # A test send is signed as well (and records nothing).
+    test = digest.run("send", "--subscriber", "ada@example.org", "--to", "me@example.net")
+    assert test.returncode == 0, test.stderr
+    assert dkim.verify(digest.smtp.messages.pop().raw, dnsfunc=dns_for(signer))
+    assert digest.run("send").returncode == 0
+    received = [m.raw for m in digest.smtp.messages]
+    assert len(received) == 2
+    for raw in received:
+        assert raw.startswith(b"DKIM-Signature: ")
+        assert dkim.verify(raw, dnsfunc=dns_for(signer))
+        header = re.match(rb"DKIM-Signature:.*?\r\n(?=\S)", raw, re.S)
+        assert header is not None
+        signed = tag(header[0], "h").lower().split(":")
+        assert {"list-unsubscribe", "list-unsubscribe-post", "from", "to", "subject"} <= set(signed)
