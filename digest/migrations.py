@@ -4,9 +4,9 @@ recorded in `_migrations`; never edited once released (a change is a new functio
 The tables today:
 - papers (+ papers_fts, an external-content FTS5 index with the porter stemmer): one row per
   arXiv id without version, the newest version seen.
-- emails: the outbox, one row per email built for sending (see digest/outbox.py for its states);
-  email_papers: the papers each email carries; deliveries: (subscriber, paper) pairs the mail
-  server accepted, with the email that carried them.
+- emails: the outbox, one row per email built for sending (see digest/outbox.py for its states),
+  with the papers it carries (`papers`, a JSON list); deliveries: (subscriber, paper) pairs the
+  mail server accepted, with the email that carried them.
 - runs: one row per `digest send` (kind send | dry-run; status running | ok | failed |
   stopped), with counts, the fetch's outcome, trending and timings (JSON).
 - mailboxes: consecutive permanent failures per address and its suspension.
@@ -194,6 +194,28 @@ def _m_feedback(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m_compact_outbox(db: sqlite_utils.Database) -> None:
+    """An email's papers as one JSON list in `emails.papers` (one row written per email, not
+    one per paper: email_papers is gone), and deliveries WITHOUT ROWID (one b-tree to write
+    per delivered paper, not two). A run records thousands of emails a minute."""
+    db["emails"].add_column("papers", str)
+    db.execute(
+        "UPDATE emails SET papers = (SELECT json_group_array(paper_id) FROM (SELECT paper_id "
+        "FROM email_papers WHERE email_papers.message_id = emails.message_id ORDER BY paper_id))"
+    )
+    db.execute("DROP TABLE email_papers")
+    db.execute(
+        "CREATE TABLE deliveries_new (subscriber TEXT, paper_id TEXT, message_id TEXT, "
+        "delivered_at TEXT, PRIMARY KEY (subscriber, paper_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        "INSERT INTO deliveries_new SELECT subscriber, paper_id, message_id, delivered_at "
+        "FROM deliveries"
+    )
+    db.execute("DROP TABLE deliveries")
+    db.execute("ALTER TABLE deliveries_new RENAME TO deliveries")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
@@ -202,4 +224,5 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m_suppressions,
     _m_run_timings,
     _m_feedback,
+    _m_compact_outbox,
 ]

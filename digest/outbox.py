@@ -52,29 +52,21 @@ class PendingEmail:
 def pending_emails(db: sqlite_utils.Database) -> list[PendingEmail]:
     """Every pending email, oldest first."""
     rows = db.execute(
-        "SELECT message_id, subscriber, day, attempts FROM emails WHERE status = ? "
+        "SELECT message_id, subscriber, day, attempts, papers FROM emails WHERE status = ? "
         "ORDER BY created_at, rowid",
         [PENDING],
     ).fetchall()
-    pending = []
-    for message_id, subscriber, day, attempts in rows:
-        ids = db.execute(
-            "SELECT paper_id FROM email_papers WHERE message_id = ? ORDER BY paper_id",
-            [message_id],
-        ).fetchall()
-        pending.append(
-            PendingEmail(message_id, subscriber, day or "", tuple(r[0] for r in ids), attempts)
-        )
-    return pending
+    return [
+        PendingEmail(message_id, subscriber, day or "", tuple(sorted(json.loads(papers))), tries)
+        for message_id, subscriber, day, tries, papers in rows
+    ]
 
 
 def set_email_papers(db: sqlite_utils.Database, message_id: str, paper_ids: Iterable[str]) -> None:
     """Make a pending email carry exactly `paper_ids` (what its rebuilt body shows)."""
     with immediate(db):
-        db.execute("DELETE FROM email_papers WHERE message_id = ?", [message_id])
-        db["email_papers"].insert_all(
-            {"message_id": message_id, "paper_id": paper_id} for paper_id in paper_ids
-        )
+        papers = json.dumps(list(paper_ids))
+        db.execute("UPDATE emails SET papers = ? WHERE message_id = ?", [papers, message_id])
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
@@ -114,8 +106,7 @@ def taken_many(
             [pairs],
         ).fetchall()
         rows += db.execute(
-            "SELECT emails.subscriber, email_papers.paper_id FROM emails "
-            "JOIN email_papers USING (message_id) "
+            "SELECT emails.subscriber, paper.value FROM emails, json_each(emails.papers) AS paper "
             f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
             f"AND emails.status = '{PENDING}'",
             chunk,
@@ -131,12 +122,12 @@ def refused_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, se
     refused: dict[str, set[str]] = {}
     for chunk in _chunks(list(keys)):
         rows = db.execute(
-            "SELECT DISTINCT emails.subscriber, email_papers.paper_id FROM emails "
-            "JOIN email_papers USING (message_id) "
+            "SELECT DISTINCT emails.subscriber, paper.value "
+            "FROM emails, json_each(emails.papers) AS paper "
             f"WHERE emails.subscriber IN ({','.join('?' * len(chunk))}) "
             f"AND emails.status IN ('{DEFERRED}', '{FAILED}') AND NOT EXISTS (SELECT 1 FROM "
             "deliveries WHERE deliveries.subscriber = emails.subscriber "
-            "AND deliveries.paper_id = email_papers.paper_id)",
+            "AND deliveries.paper_id = paper.value)",
             chunk,
         ).fetchall()
         for key, paper_id in rows:
@@ -170,8 +161,8 @@ def mark_sent(db: sqlite_utils.Database, message_ids: Iterable[str]) -> None:
         )
         conn.executemany(
             "INSERT OR IGNORE INTO deliveries (subscriber, paper_id, message_id, delivered_at) "
-            "SELECT emails.subscriber, email_papers.paper_id, emails.message_id, ? "
-            "FROM emails JOIN email_papers USING (message_id) WHERE emails.message_id = ?",
+            "SELECT emails.subscriber, paper.value, emails.message_id, ? "
+            "FROM emails, json_each(emails.papers) AS paper WHERE emails.message_id = ?",
             [(when, message_id) for message_id in ids],
         )
         conn.executemany(
@@ -200,12 +191,11 @@ def add_pending(db: sqlite_utils.Database, run_id: int, new: Iterable[NewEmail])
     with immediate(db):
         db.conn.executemany(
             "INSERT INTO emails (message_id, run_id, subscriber, created_at, status, day, "
-            f"attempts) VALUES (?, ?, ?, ?, '{PENDING}', ?, 0)",
-            [(e.message_id, run_id, e.subscriber, when, e.day) for e in new],
-        )
-        db.conn.executemany(
-            "INSERT INTO email_papers (message_id, paper_id) VALUES (?, ?)",
-            [(e.message_id, paper_id) for e in new for paper_id in e.paper_ids],
+            f"attempts, papers) VALUES (?, ?, ?, ?, '{PENDING}', ?, 0, ?)",
+            [
+                (e.message_id, run_id, e.subscriber, when, e.day, json.dumps(list(e.paper_ids)))
+                for e in new
+            ],
         )
 
 
@@ -217,7 +207,6 @@ def withdraw(db: sqlite_utils.Database, message_ids: Iterable[str]) -> None:
         return
     with immediate(db):
         for message_id in ids:
-            db.execute("DELETE FROM email_papers WHERE message_id = ?", [message_id])
             db.execute(
                 f"DELETE FROM emails WHERE message_id = ? AND status = '{PENDING}' "
                 "AND attempts = 0",
@@ -289,9 +278,9 @@ def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
     return list(
         db.query(
             "SELECT e.subscriber, e.status, e.created_at, e.error, e.run_id, "
-            "(SELECT count(*) FROM email_papers ep WHERE ep.message_id = e.message_id "
-            " AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.subscriber = e.subscriber "
-            "  AND d.paper_id = ep.paper_id)) AS papers "
+            "(SELECT count(*) FROM json_each(e.papers) AS ep "
+            " WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.subscriber = e.subscriber "
+            "  AND d.paper_id = ep.value)) AS papers "
             f"FROM emails e WHERE e.status IN ('{PENDING}', '{FAILED}', '{DEFERRED}') "
             "AND NOT EXISTS (SELECT 1 FROM emails later WHERE later.subscriber = e.subscriber "
             " AND later.rowid > e.rowid) "

@@ -32,7 +32,8 @@ def test_it_shows_the_run_the_servers_reply_and_what_is_owed(digest: Digest) -> 
     assert digest.run("send").returncode == 1
     owed = len(
         digest.query(
-            "SELECT * FROM email_papers JOIN emails USING (message_id) WHERE subscriber = ?",
+            "SELECT paper.value FROM emails, json_each(emails.papers) AS paper "
+            "WHERE subscriber = ?",
             [GRACE],
         )
     )
