@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -155,6 +155,14 @@ def _m_run_timings(db: sqlite_utils.Database) -> None:
     db["runs"].add_column("timings", str)
 
 
+def _m_signups(db: sqlite_utils.Database) -> None:
+    """Sign-up requests of `digest serve` (DIGEST_SIGNUP=open): when a confirmation email was
+    last sent to an address, and each request by client, for the abuse limits."""
+    db["signup_emails"].create({"subscriber": str, "sent_at": str}, pk="subscriber")
+    db["signup_requests"].create({"client": str, "at": str})
+    db["signup_requests"].create_index(["client", "at"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
@@ -162,6 +170,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m_trending_upvotes,
     _m_suppressions,
     _m_run_timings,
+    _m_signups,
 ]
 
 
@@ -773,3 +782,55 @@ def owed_emails(db: sqlite_utils.Database) -> list[dict[str, object]]:
             "ORDER BY e.status DESC, e.created_at"
         )
     )
+
+
+# The web app (`digest serve`) -------------------------------------------------------------------
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """A connection to a database already opened (and migrated) once by `open_db` in this
+    process: no schema check, so a web request does not take the write lock to look."""
+    db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+def signup_request(
+    db: sqlite_utils.Database,
+    subscriber_key: str,
+    client: str,
+    now: datetime,
+    *,
+    address_every: timedelta,
+    client_limit: int,
+    client_window: timedelta,
+) -> str:
+    """Record a sign-up request and say what may be done: "send" (a confirmation email to the
+    address), "quiet" (one was sent to it less than `address_every` ago: send none) or
+    "client" (this client asked `client_limit` times within `client_window`: refuse)."""
+    with immediate(db):
+        db.execute("DELETE FROM signup_requests WHERE at < ?", [now_iso(now - client_window)])
+        count = db.execute(
+            "SELECT count(*) FROM signup_requests WHERE client = ? AND at >= ?",
+            [client, now_iso(now - client_window)],
+        ).fetchone()[0]
+        if count >= client_limit:
+            return "client"
+        db.execute("INSERT INTO signup_requests (client, at) VALUES (?, ?)", [client, now_iso(now)])
+        last = db.execute(
+            "SELECT sent_at FROM signup_emails WHERE subscriber = ?", [subscriber_key]
+        ).fetchone()
+        if last is not None and datetime.fromisoformat(last[0]) > now - address_every:
+            return "quiet"
+        db.execute(
+            "INSERT OR REPLACE INTO signup_emails (subscriber, sent_at) VALUES (?, ?)",
+            [subscriber_key, now_iso(now)],
+        )
+        return "send"
+
+
+def forget_signup_email(db: sqlite_utils.Database, subscriber_key: str) -> None:
+    """A confirmation email that could not be sent does not count against the address."""
+    with immediate(db):
+        db.execute("DELETE FROM signup_emails WHERE subscriber = ?", [subscriber_key])

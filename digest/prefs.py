@@ -1,0 +1,5 @@
+"""stub"""
+
+from flask import Blueprint
+
+pages = Blueprint("prefs", __name__)

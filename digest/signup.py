@@ -1,0 +1,5 @@
+"""stub"""
+
+from flask import Blueprint
+
+pages = Blueprint("signup", __name__)
