@@ -88,7 +88,13 @@ class Document:
     _first: dict[str, int] | None = field(default=None, repr=False)  # key -> first position
     _more: dict[str, list[int]] = field(default_factory=dict, repr=False)  # listed twice or more
     _own: set[int] = field(default_factory=set, repr=False)  # ids of the rows this copy owns
+    _touched: list[Record] = field(default_factory=list, repr=False)  # taken or appended rows
+    # The file's last row when it had no line end: its text has one here, taken off on writing
+    # while it is still the last row, unchanged.
+    _unterminated: Record | None = field(default=None, repr=False)
     _renumber: bool = field(default=False, repr=False)
+    _index_shared: bool = field(default=False, repr=False)  # copied before it is changed
+    _texts: list[str] = field(default_factory=list, repr=False)  # each row's text, in order
 
     @property
     def columns(self) -> list[str]:
@@ -125,9 +131,14 @@ class Document:
             raise DigestError(f"{path}: not a readable CSV file ({exc})") from None
         if not records:
             raise DigestError(f"{path}: the file is empty; it needs a header row 'email,keywords'")
+        unterminated = records[-1] if not records[-1].text.endswith(("\n", "\r")) else None
+        if unterminated is not None:
+            unterminated.text += newline
         header, rows = records[0], records[1:]
         quote_all = all(r.text.startswith('"') for r in records if r.text.strip())
         doc = cls(path, original, bom, newline, quote_all, header, rows, identity(stat))
+        doc._unterminated = unterminated
+        doc._texts = [r.text for r in rows]
         missing = [c for c in ("email", "keywords") if c not in doc.columns]
         if missing:
             raise DigestError(
@@ -143,8 +154,9 @@ class Document:
         header = Record(self.header.text, list(self.header.cells), 1, self.header.changed)
         return Document(
             self.path, self.original, self.bom, self.newline, self.quote_all, header,
-            list(self.records), self.identity, dict(self._first),
-            {k: list(v) for k, v in self._more.items()},
+            list(self.records), self.identity, self._first, self._more,
+            _unterminated=self._unterminated if self._unterminated is not self.header else header,
+            _index_shared=True, _texts=list(self._texts),
         )  # fmt: skip
 
     # Finding rows ---------------------------------------------------------------------------
@@ -172,6 +184,10 @@ class Document:
 
     def _index_row(self, key: str, position: int) -> None:
         assert self._first is not None
+        if self._index_shared:
+            self._first = dict(self._first)
+            self._more = {k: list(v) for k, v in self._more.items()}
+            self._index_shared = False
         if key in self._first:
             self._more.setdefault(key, []).append(position)
         else:
@@ -192,13 +208,14 @@ class Document:
             record = Record(record.text, list(record.cells), record.line, record.changed)
             self.records[position] = record
             self._own.add(id(record))
+            self._touched.append(record)
         return record
 
     def position(self, record: Record) -> int:
         for position in self.positions(self.get(record, "email")):
             if self.records[position] is record:
                 return position
-        return self.records.index(record)
+        return next(i for i, r in enumerate(self.records) if r is record)
 
     # Changing rows ---------------------------------------------------------------------------
 
@@ -229,13 +246,18 @@ class Document:
         record = Record("", cells, last.line + _line_count(last.text), changed=True)
         self.positions("")
         self.records.append(record)
+        self._texts.append("")
         self._own.add(id(record))
+        self._touched.append(record)
         self._index_row(address_key(self.get(record, "email")), len(self.records) - 1)
         return record
 
     def remove(self, record: Record) -> None:
-        del self.records[self.position(record)]
-        self._first, self._more, self._renumber = None, {}, True
+        position = self.position(record)
+        del self.records[position]
+        del self._texts[position]
+        self._touched = [r for r in self._touched if r is not record]
+        self._first, self._more, self._renumber, self._index_shared = None, {}, True, False
 
     def values(self, record: Record) -> dict[str, str]:
         return dict(zip(self.columns, record.cells, strict=False))
@@ -249,13 +271,22 @@ class Document:
         return out.getvalue()
 
     def text(self) -> str:
-        parts: list[str] = []
-        for record in [self.header, *self.records]:
-            text = self._format(record.cells) if record.changed else record.text
-            if parts and not parts[-1].endswith(("\n", "\r")):
-                parts[-1] += self.newline  # the old last row had no line end
-            parts.append(text)
-        return (BOM if self.bom else "") + "".join(parts)
+        """The file's text: each row's own text, the changed ones written anew."""
+        for record in self._touched:
+            if record.changed:
+                self._texts[self.position(record)] = self._format(record.cells)
+        header = self._format(self.header.cells) if self.header.changed else self.header.text
+        last = self.records[-1] if self.records else self.header
+        if last is self._unterminated and not last.changed:  # the last row has no line end
+            if not self.records:
+                return (BOM if self.bom else "") + header[: -len(self.newline)]
+            end = self._texts[-1]
+            self._texts[-1] = end[: -len(self.newline)]
+            try:
+                return "".join([BOM if self.bom else "", header, *self._texts])
+            finally:
+                self._texts[-1] = end
+        return "".join([BOM if self.bom else "", header, *self._texts])
 
     def write(self) -> None:
         """Replace the file atomically, unless it changed since it was read."""
@@ -288,12 +319,13 @@ class Document:
     def _settle(self) -> None:
         """After writing: the rewritten rows' text is what the file now holds, and line
         numbers follow any row that was removed or changed its number of lines."""
-        for record in [self.header, *self.records]:
+        for record in [self.header, *self._touched]:
             if record.changed:
                 text = self._format(record.cells)
                 if record.text and _line_count(text) != _line_count(record.text):
                     self._renumber = True
                 record.text, record.changed = text, False
+        self._touched, self._own = [], set()
         if self._renumber:
             line = 1 + _line_count(self.header.text)
             for record in self.records:
