@@ -160,37 +160,52 @@ def remove(path: Path, email: str) -> str:
 
 def change_keywords(path: Path, email: str, action: str, keywords: Iterable[str]) -> list[str]:
     """`action` is add, remove or set; returns the keywords after the change."""
+    return change_list(path, email, "keywords", action, keywords)
+
+
+ITEM_NAMES = {
+    "keywords": "keyword",
+    "exclude": "exclude phrase",
+    "categories": "category",
+    "authors": "followed author",
+}
+
+
+def change_list(
+    path: Path, email: str, column: str, action: str, items: Iterable[str]
+) -> list[str]:
+    """Add, remove or set phrases of one list column (keywords, exclude, categories, authors)
+    of one subscriber, in one locked edit; returns the column's phrases after the change.
+    At least one keyword must remain; the other lists may become empty."""
+    if column not in ITEM_NAMES:
+        raise ValueError(column)
     with edit(path) as doc:
-        return _change_keywords(doc, email, action, keywords)
-
-
-def _change_keywords(doc: Document, email: str, action: str, keywords: Iterable[str]) -> list[str]:
-    record = doc.find(email)
-    current = list(parse_keywords(doc.get(record, "keywords")))
-    given = _phrases(keywords)
-    folded = [k.casefold() for k in current]
-    if action == "add":
-        new = current + [k for k in given if k.casefold() not in folded]
-    elif action == "remove":
-        unknown = [k for k in given if k.casefold() not in folded]
-        if unknown:
-            raise DigestError(
-                f"{doc.get(record, 'email').strip()} has no keyword {unknown[0]!r}; "
-                f"their keywords are: {_join(current)}"
-            )
-        drop = {k.casefold() for k in given}
-        new = [k for k in current if k.casefold() not in drop]
-        if not new:
-            raise DigestError(
-                f"that would leave {doc.get(record, 'email').strip()} without a keyword; "
-                f"use `digest subscribers remove` to remove the subscriber"
-            )
-    elif action == "set":
-        new = given
-    else:
-        raise ValueError(action)
-    doc.set(record, "keywords", _join(new))
-    _validate(doc, record)
+        record = doc.find(email)
+        address = doc.get(record, "email").strip()
+        current = list(parse_keywords(doc.get(record, column))) if column in doc.columns else []
+        given = _phrases(items)
+        folded = [k.casefold() for k in current]
+        what = ITEM_NAMES[column]
+        if action == "add":
+            new = current + [k for k in given if k.casefold() not in folded]
+        elif action == "remove":
+            unknown = [k for k in given if k.casefold() not in folded]
+            if unknown:
+                theirs = f"their {column} are: {_join(current)}" if current else "they have none"
+                raise DigestError(f"{address} has no {what} {unknown[0]!r}; {theirs}")
+            drop = {k.casefold() for k in given}
+            new = [k for k in current if k.casefold() not in drop]
+            if not new and column == "keywords":
+                raise DigestError(
+                    f"that would leave {address} without a keyword; "
+                    f"use `digest subscribers remove` to remove the subscriber"
+                )
+        elif action == "set":
+            new = given
+        else:
+            raise ValueError(action)
+        doc.set(record, column, _join(new))
+        _validate(doc, record)
     return new
 
 

@@ -156,6 +156,7 @@ def create_app(settings: Settings, blueprints: Iterable[Blueprint] = ()) -> Flas
     from digest import prefs, signup
 
     settings.require_secret()
+    signup.check_settings(settings)
     app = DigestFlask("digest")
     app.config["DIGEST_SETTINGS"] = settings
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
