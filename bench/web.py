@@ -27,21 +27,27 @@ import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent / "tests"))
+sys.path.insert(0, str(BENCH.parent))
 
-from digest.tokens import PREFERENCES_SALT, make_token  # noqa: E402
+import data  # noqa: E402
+from standins import ArxivStandin  # noqa: E402
+
+from digest.tokens import PREFERENCES_SALT, make_token  # noqa: E402  # noqa: E402
 
 SECRET = "bench-secret-0123456789abcdef"
 
 
-def write_csv(path: Path, count: int) -> None:
+def write_csv(path: Path, count: int, keywords: list[str]) -> None:
+    """`count` subscribers with two research phrases of the papers and one of their own."""
+    k = len(keywords)
     with path.open("w", encoding="utf-8", newline="") as out:
         out.write("email,name,keywords,frequency\n")
         for i in range(count):
-            out.write(
-                f"reader{i}@example.org,Reader {i},"
-                f"topic {i % 50}; method {i % 37}; extra {i},daily\n"
-            )
+            first, second = keywords[i % k], keywords[(i * 7 + 1) % k]
+            out.write(f"reader{i}@example.org,Reader {i},{first}; {second}; extra {i},daily\n")
 
 
 def timed(conn: http.client.HTTPConnection, method: str, path: str, form: dict | None = None):
@@ -76,14 +82,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
         home = Path(tmp)
         csv_path = home / "subscribers.csv"
-        write_csv(csv_path, args.subscribers)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
         env.update(
             DIGEST_SECRET=SECRET,
             DIGEST_DB=str(home / "digest.db"),
             DIGEST_SUBSCRIBERS=str(csv_path),
             DIGEST_FROM="digest@example.org",
+            DIGEST_ARXIV_DELAY="0",
         )
+        # The week's papers in the database, for the preferences page's preview: a dry run
+        # for one subscriber fetches them from a loopback arXiv stand-in.
+        papers = data.make_papers_list(data.base_papers(data.find_seeds(None))[0], 250, 120)
+        keywords = [k for k, _ in data.usable_keywords(papers)]
+        csv_path.write_text(f"email,keywords\nfirst@example.org,{keywords[0]}\n")
+        with ArxivStandin(papers) as arxiv:
+            subprocess.run(
+                [sys.executable, "-m", "digest", "send", "--dry-run", "--out", str(home / "p")],
+                env={**env, "DIGEST_ARXIV_URL": arxiv.url}, check=True, capture_output=True,
+            )  # fmt: skip
+        write_csv(csv_path, args.subscribers, keywords)
         started = time.perf_counter()
         server = subprocess.Popen(
             [sys.executable, "-m", "digest", "serve", "--port", "0"],
@@ -104,7 +121,8 @@ def main() -> None:
                 timed(conn, "GET", f"/unsubscribe/{make_token(SECRET, f'reader{i}@example.org')}")
                 for i in people[: args.requests]
             ]
-            assert all(f"reader{i}@example.org" in body for i, (_, body) in zip(people, views))
+            shown = zip(people[: args.requests], views, strict=True)
+            assert all(f"reader{i}@example.org" in body for i, (_, body) in shown)
             edits = []
             for i in people[args.requests :]:
                 token = make_token(SECRET, f"reader{i}@example.org")
@@ -165,6 +183,7 @@ def main() -> None:
     print(row("first page view after another process changed the file", [cold]))
     print(row("CLI edit, whole process (digest subscribers keywords add)", [cli_ms]))
     print(f"\nstartup until listening (parses the file once): {startup:.2f} s")
+    print(f"papers in the database: {len(papers)}; preview keywords from {len(keywords)} phrases")
 
 
 if __name__ == "__main__":
