@@ -205,7 +205,10 @@ class Document:
     def take(self, position: int) -> Record:
         record = self.records[position]
         if id(record) not in self._own:
-            record = Record(record.text, list(record.cells), record.line, record.changed)
+            shared, record = record, Record(record.text, list(record.cells), record.line)
+            record.changed = shared.changed
+            if shared is self._unterminated:
+                self._unterminated = record
             self.records[position] = record
             self._own.add(id(record))
             self._touched.append(record)

@@ -177,3 +177,23 @@ def test_sign_up_needs_a_public_url(tmp_path: Path, arxiv: ArxivStandin, smtp: S
         "Error: DIGEST_SIGNUP=open needs DIGEST_PUBLIC_URL (the address of digest serve that "
         "readers reach, e.g. https://example.org/digest): confirmation emails link to it\n",
     )
+
+
+def test_a_reader_who_unsubscribed_can_sign_up_again(served: Served) -> None:
+    digest, smtp = served.digest, served.digest.smtp
+    from digest.tokens import make_token
+
+    status, _, _ = http(
+        f"{served.url}/unsubscribe/{make_token(SECRET, ADA)}", {"List-Unsubscribe": "One-Click"}
+    )
+    assert status == 200
+    assert digest.query("SELECT subscriber FROM suppressions") == [(ADA,)]
+    assert sign_up(served, ADA, "graph neural network")[0] == 200
+    page = http(confirmation_link(wait_for(smtp, ADA)[0]))[1]
+    action = re.search(r'<form method="post" action="([^"]+)"', page)
+    assert action is not None
+    status, page, _ = http(f"{served.url}{action[1]}", {})
+    assert status == 200 and "You are subscribed" in page
+    # Confirming from her inbox lifts the unsubscribe; her row now has what she asked for.
+    assert digest.query("SELECT subscriber FROM suppressions") == []
+    assert "ada@example.org,Ada,graph neural network" in digest.csv_path.read_text("utf-8")
