@@ -19,7 +19,7 @@ import io
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +78,6 @@ class Record:
 @dataclass
 class Document:
     path: Path
-    original: bytes
     bom: bool
     newline: str
     quote_all: bool
@@ -94,7 +93,7 @@ class Document:
     _unterminated: Record | None = field(default=None, repr=False)
     _renumber: bool = field(default=False, repr=False)
     _index_shared: bool = field(default=False, repr=False)  # copied before it is changed
-    _texts: list[str] = field(default_factory=list, repr=False)  # each row's text, in order
+    _texts: list[bytes] = field(default_factory=list, repr=False)  # each row as in the file
 
     @property
     def columns(self) -> list[str]:
@@ -136,9 +135,9 @@ class Document:
             unterminated.text += newline
         header, rows = records[0], records[1:]
         quote_all = all(r.text.startswith('"') for r in records if r.text.strip())
-        doc = cls(path, original, bom, newline, quote_all, header, rows, identity(stat))
+        doc = cls(path, bom, newline, quote_all, header, rows, identity(stat))
         doc._unterminated = unterminated
-        doc._texts = [r.text for r in rows]
+        doc._texts = [r.text.encode("utf-8") for r in rows]
         missing = [c for c in ("email", "keywords") if c not in doc.columns]
         if missing:
             raise DigestError(
@@ -153,7 +152,7 @@ class Document:
         assert self._first is not None
         header = Record(self.header.text, list(self.header.cells), 1, self.header.changed)
         return Document(
-            self.path, self.original, self.bom, self.newline, self.quote_all, header,
+            self.path, self.bom, self.newline, self.quote_all, header,
             list(self.records), self.identity, self._first, self._more,
             _unterminated=self._unterminated if self._unterminated is not self.header else header,
             _index_shared=True, _texts=list(self._texts),
@@ -273,32 +272,43 @@ class Document:
         csv.writer(out, lineterminator=self.newline, quoting=quoting).writerow(cells)
         return out.getvalue()
 
-    def text(self) -> str:
-        """The file's text: each row's own text, the changed ones written anew."""
+    def parts(self) -> tuple[bytes, bytes]:
+        """The file's bytes as (BOM and header, rows): each row's own bytes, the changed ones
+        written anew."""
         for record in self._touched:
             if record.changed:
-                self._texts[self.position(record)] = self._format(record.cells)
+                self._texts[self.position(record)] = self._format(record.cells).encode("utf-8")
         header = self._format(self.header.cells) if self.header.changed else self.header.text
+        head = ((BOM if self.bom else "") + header).encode("utf-8")
         last = self.records[-1] if self.records else self.header
-        if last is self._unterminated and not last.changed:  # the last row has no line end
-            if not self.records:
-                return (BOM if self.bom else "") + header[: -len(self.newline)]
-            end = self._texts[-1]
-            self._texts[-1] = end[: -len(self.newline)]
-            try:
-                return "".join([BOM if self.bom else "", header, *self._texts])
-            finally:
-                self._texts[-1] = end
-        return "".join([BOM if self.bom else "", header, *self._texts])
+        cut = len(self.newline) if last is self._unterminated and not last.changed else 0
+        if not self.records:  # cut: the file's last row still has no line end
+            return head[: -cut or None], b""
+        if not cut:
+            return head, b"".join(self._texts)
+        end = self._texts[-1]
+        self._texts[-1] = end[:-cut]
+        try:
+            return head, b"".join(self._texts)
+        finally:
+            self._texts[-1] = end
+
+    def text(self) -> str:
+        return b"".join(self.parts()).decode("utf-8")
 
     def write(self) -> None:
-        """Replace the file atomically, unless it changed since it was read."""
-        data = self.text().encode("utf-8")
+        """Replace the file atomically, unless it changed since it was read (its inode, size or
+        modification time differ from when it was read or last written here)."""
+        self.stage()()
+
+    def stage(self) -> Callable[[], None]:
+        """Write the new file beside the old one (synced to disk); the function returned puts
+        it in place. Refused when the file changed since it was read."""
         try:
-            now = self.path.read_bytes()
+            now = identity(os.stat(self.path))
         except FileNotFoundError:
-            now = b""
-        if now != self.original:
+            now = None
+        if now != self.identity:
             raise DigestError(
                 f"{self.path} changed since it was read (edited by someone else?); "
                 f"nothing was written: run the command again"
@@ -307,17 +317,26 @@ class Document:
         fd, temp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
+                for part in self.parts():
+                    handle.write(part)
                 handle.flush()
                 os.fsync(handle.fileno())
                 os.chmod(temp, mode)
                 written = identity(os.fstat(handle.fileno()))
-            os.replace(temp, self.path)
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        self.original, self.identity = data, written
-        self._settle()
+
+        def publish() -> None:
+            try:
+                os.replace(temp, self.path)
+            except BaseException:
+                Path(temp).unlink(missing_ok=True)
+                raise
+            self.identity = written
+            self._settle()
+
+        return publish
 
     def _settle(self) -> None:
         """After writing: the rewritten rows' text is what the file now holds, and line

@@ -95,8 +95,9 @@ def edit(path: Path) -> Iterator[Document]:
     with locked(path):
         doc = snapshot(path).copy()
         yield doc
-        doc.write()
-        with _cache_lock:
+        publish = doc.stage()
+        with _cache_lock:  # readers wait the moment it takes, then see the new file
+            publish()
             _cache[Path(os.path.abspath(path))] = doc
 
 
