@@ -106,7 +106,7 @@ def lookup(path: Path, email: str) -> Subscriber | None:
     for it), or None; only that row is validated."""
     doc = snapshot(path)
     for position in doc.positions(email):
-        record = doc.records[position]
+        record = doc.row(position)
         subscriber, _ = parse_row(doc.values(record), record.line)
         if subscriber is not None:
             return subscriber
@@ -119,7 +119,7 @@ def _validate(doc: Document, record: Record) -> None:
     if problem:
         raise DigestError(f"{problem}; nothing was written")
     for position in doc.positions(doc.get(record, "email")):
-        other = doc.records[position]
+        other = doc.row(position)
         if other is not record:
             where = f"{doc.path}:{other.line}"
             raise DigestError(f"{doc.get(record, 'email').strip()} is already listed at {where}")
