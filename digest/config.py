@@ -6,6 +6,7 @@ Every bad value is reported with the variable's name and what a good value looks
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from email.utils import formataddr, parseaddr
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
@@ -61,6 +63,9 @@ class Settings:
     dkim_key: Path | None = None  # PEM private key file; None: emails are not DKIM-signed
     dkim_selector: str | None = None
     dkim_domain: str | None = None  # None: the From address's domain
+    signup: bool = False  # DIGEST_SIGNUP=open: `digest serve`'s root page is a sign-up form
+    trust_proxy: str | None = None  # the reverse proxy whose X-Forwarded-* headers we believe
+    serve_timeout: float = 20.0  # seconds `digest serve` keeps an idle or stalled connection
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -86,7 +91,7 @@ class Settings:
             send_at=reader.get("SEND_AT", _clock, cls.send_at),
             stop_timeout=reader.get("STOP_TIMEOUT", _non_negative(float), cls.stop_timeout),
             timezone=reader.get("TIMEZONE", _zone, cls.timezone),
-            public_url=reader.get("PUBLIC_URL", _url, None),
+            public_url=reader.get("PUBLIC_URL", _public_url, None),
             trending=reader.get("TRENDING", _choice(("huggingface",)), None),
             trending_url=reader.get("TRENDING_URL", _url, cls.trending_url),
             trending_top=reader.get("TRENDING_TOP", _positive(int), cls.trending_top),
@@ -108,6 +113,9 @@ class Settings:
             dkim_key=reader.get("DKIM_KEY", _dkim_key, None),
             dkim_selector=reader.get("DKIM_SELECTOR", _dns_label, None),
             dkim_domain=reader.get("DKIM_DOMAIN", _domain, None),
+            signup=reader.get("SIGNUP", _choice(("open", "off")), "off") == "open",
+            trust_proxy=reader.get("TRUST_PROXY", _proxy, None),
+            serve_timeout=reader.get("SERVE_TIMEOUT", _positive(float), cls.serve_timeout),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         _check_dkim(settings)
@@ -227,6 +235,42 @@ def _url(raw: str) -> str:
     if not re.match(r"^https?://[^\s/]+", raw):
         raise ValueError("use an http:// or https:// URL")
     return raw.rstrip("/") if raw.endswith("/") and raw.count("/") > 3 else raw
+
+
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
+def _public_url(raw: str) -> str:
+    """https://, with or without a path (behind a reverse proxy); http:// only on loopback:
+    one-click unsubscribe (RFC 8058) needs https, and links carry signed tokens."""
+    url = _url(raw)
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(
+            "use the address without ?query or #fragment, e.g. https://example.org/digest"
+        )
+    if parts.scheme == "http" and (parts.hostname or "") not in LOOPBACK_HOSTS:
+        raise ValueError(
+            "use an https:// URL: one-click unsubscribe links (RFC 8058) need https, and the "
+            "links carry signed tokens; http:// is accepted only for localhost and 127.0.0.1. "
+            "Put digest serve behind a reverse proxy with TLS (see the README)"
+        )
+    return url
+
+
+def _proxy(raw: str) -> str:
+    """The address of the reverse proxy in front of `digest serve` (its X-Forwarded-For,
+    -Proto and -Host headers are then believed), or '*' for any (only when nothing else can
+    reach the port)."""
+    if raw == "*":
+        return raw
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        raise ValueError(
+            "use the IP address the reverse proxy connects from, e.g. 127.0.0.1, or '*'"
+        ) from None
+    return raw
 
 
 def _secret(raw: str) -> str:

@@ -216,6 +216,14 @@ def _m_compact_outbox(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE deliveries_new RENAME TO deliveries")
 
 
+def _m_signups(db: sqlite_utils.Database) -> None:
+    """Sign-up requests of `digest serve` (DIGEST_SIGNUP=open): when a confirmation email was
+    last sent to an address, and each request by client, for the abuse limits."""
+    db["signup_emails"].create({"subscriber": str, "sent_at": str}, pk="subscriber")
+    db["signup_requests"].create({"client": str, "at": str})
+    db["signup_requests"].create_index(["client", "at"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
@@ -225,4 +233,5 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m_run_timings,
     _m_feedback,
     _m_compact_outbox,
+    _m_signups,
 ]

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlite_utils
@@ -324,3 +324,55 @@ def enable_address(db: sqlite_utils.Database, subscriber_key: str) -> Suspension
     if row is None or row[1] is None:
         return None
     return Suspension(*row)
+
+
+# The web app (`digest serve`) -------------------------------------------------------------------
+
+
+def connect(path: Path) -> sqlite_utils.Database:
+    """A connection to a database already opened (and migrated) once by `open_db` in this
+    process: no schema check, so a web request does not take the write lock to look."""
+    db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+def signup_request(
+    db: sqlite_utils.Database,
+    subscriber_key: str,
+    client: str,
+    now: datetime,
+    *,
+    address_every: timedelta,
+    client_limit: int,
+    client_window: timedelta,
+) -> str:
+    """Record a sign-up request and say what may be done: "send" (a confirmation email to the
+    address), "quiet" (one was sent to it less than `address_every` ago: send none) or
+    "client" (this client asked `client_limit` times within `client_window`: refuse)."""
+    with immediate(db):
+        db.execute("DELETE FROM signup_requests WHERE at < ?", [now_iso(now - client_window)])
+        count = db.execute(
+            "SELECT count(*) FROM signup_requests WHERE client = ? AND at >= ?",
+            [client, now_iso(now - client_window)],
+        ).fetchone()[0]
+        if count >= client_limit:
+            return "client"
+        db.execute("INSERT INTO signup_requests (client, at) VALUES (?, ?)", [client, now_iso(now)])
+        last = db.execute(
+            "SELECT sent_at FROM signup_emails WHERE subscriber = ?", [subscriber_key]
+        ).fetchone()
+        if last is not None and datetime.fromisoformat(last[0]) > now - address_every:
+            return "quiet"
+        db.execute(
+            "INSERT OR REPLACE INTO signup_emails (subscriber, sent_at) VALUES (?, ?)",
+            [subscriber_key, now_iso(now)],
+        )
+        return "send"
+
+
+def forget_signup_email(db: sqlite_utils.Database, subscriber_key: str) -> None:
+    """A confirmation email that could not be sent does not count against the address."""
+    with immediate(db):
+        db.execute("DELETE FROM signup_emails WHERE subscriber = ?", [subscriber_key])

@@ -107,6 +107,12 @@ def check_row(values: dict[str, str], line: int = 0) -> str | None:
     return _subscriber(values, line)[1]
 
 
+def parse_row(values: dict[str, str], line: int = 0) -> tuple[Subscriber | None, str | None]:
+    """One row (its cells by column name) as `load` reads it: (subscriber, None) when it is
+    valid, (None, what is wrong) when not."""
+    return _subscriber(values, line)
+
+
 def _subscriber(values: dict[str, str], line: int) -> tuple[Subscriber | None, str | None]:
     raw_email = (values.get("email") or "").strip()
     if not raw_email:

@@ -32,6 +32,8 @@ def test_the_wheel_carries_the_templates_and_uses_them(tmp_path: Path) -> None:
         archive.extractall(tmp_path / "site")
     templates = {p.name for p in (ROOT / "emails").iterdir()}
     assert {f"digest/emails/{name}" for name in templates} <= names
+    pages = {p.name for p in (ROOT / "digest" / "templates").iterdir()}  # digest serve's pages
+    assert {f"digest/templates/{name}" for name in pages} <= names
 
     # Imported from the unpacked wheel (not the source tree), the package finds its own copy.
     found = subprocess.run(
