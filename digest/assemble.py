@@ -210,7 +210,10 @@ class Renderer:
         text, text_qp = _fill(layout.text, values, slots, compact, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)
         parts = {"html_parts": tuple(html), "text_parts": tuple(text)}
-        encoded = {"html_qp": tuple(html_qp), "text_qp": tuple(text_qp)}
+        encoded = {  # (a part holding a CR is encoded whole instead, as the email package would)
+            "html_qp": () if "\r" in email.html else tuple(html_qp),
+            "text_qp": () if "\r" in email.text else tuple(text_qp),
+        }
         return replace(email, **parts, **encoded), layout_key
 
     def _shape(
@@ -339,6 +342,7 @@ def _fill(
     out: list[str] = []
     encoded: list[bytes] = []
     section = 0
+    full_kind, compact_kind = ("html", "html_compact") if html else ("text", "text_compact")
     for kind, name, encoder in parts:
         if kind == "lit":
             if name:
@@ -352,11 +356,13 @@ def _fill(
                 encoded.append(qp_part_cached(value))
         elif kind == "P":
             for piece in slots[section]:
-                out.extend(piece.html if html else piece.text)
-                encoded.extend(piece.html_qp if html else piece.text_qp)
+                strings, qp = piece.parts(full_kind)
+                out.extend(strings)
+                encoded.extend(qp)
             section += 1
         else:
             for piece in compact:
-                out.extend(piece.html_compact if html else piece.text_compact)
-                encoded.extend(piece.html_compact_qp if html else piece.text_compact_qp)
+                strings, qp = piece.parts(compact_kind)
+                out.extend(strings)
+                encoded.extend(qp)
     return out, encoded

@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from lxml import etree
 from markupsafe import Markup
@@ -126,30 +126,51 @@ class _Skeleton:
     text: tuple[_Part | str, ...]
     text_compact: tuple[_Part | str, ...]
 
+    @cached_property
+    def html_weight(self) -> int:  # of the literal parts
+        return sum(item[2] for item in self.html if isinstance(item, tuple))
 
-@dataclass(frozen=True, slots=True)
+    @cached_property
+    def html_compact_weight(self) -> int:
+        return sum(item[2] for item in self.html_compact if isinstance(item, tuple))
+
+
 class _Piece:
-    """One reader's version of a paper block: the strings it is joined from, in full and in
-    the compact list, HTML and text, each with its quoted-printable encoding; HTML sizes."""
+    """One reader's version of a paper block: its skeleton and what fills the holes; the
+    strings it is joined from (in full or in the compact list, HTML and text, each with its
+    quoted-printable encoding) are put together when first needed, and kept."""
 
-    html: tuple[str, ...]
-    html_qp: tuple[bytes, ...]
-    html_size: int
-    html_compact: tuple[str, ...]
-    html_compact_qp: tuple[bytes, ...]
-    html_compact_size: int
-    text: tuple[str, ...]
-    text_qp: tuple[bytes, ...]
-    text_compact: tuple[str, ...]
-    text_compact_qp: tuple[bytes, ...]
+    __slots__ = ("_joined", "compact", "full", "html_compact_size", "html_size", "skeleton", "text")
 
+    def __init__(
+        self,
+        skeleton: _Skeleton,
+        full: dict[str, _Part],
+        compact: dict[str, _Part],
+        text: dict[str, _Part],
+    ) -> None:
+        self.skeleton, self.full, self.compact, self.text = skeleton, full, compact, text
+        self.html_size = skeleton.html_weight + sum(part[2] for part in full.values())
+        self.html_compact_size = skeleton.html_compact_weight + sum(
+            part[2] for part in compact.values()
+        )
+        self._joined: dict[str, tuple[tuple[str, ...], tuple[bytes, ...]]] = {}
 
-def _joined(
-    holes: tuple[_Part | str, ...], fills: dict[str, _Part]
-) -> tuple[tuple[str, ...], tuple[bytes, ...], int]:
-    """A skeleton's parts with its holes filled: the strings, their encodings, the size."""
-    parts = [item if isinstance(item, tuple) else fills[item] for item in holes]
-    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
+    def parts(self, kind: str) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+        """The strings of this block (`kind`: html, html_compact, text, text_compact) and
+        their quoted-printable encodings."""
+        found = self._joined.get(kind)
+        if found is None:
+            fills = {"html": self.full, "html_compact": self.compact}.get(kind, self.text)
+            items = [
+                item if isinstance(item, tuple) else fills[item]
+                for item in getattr(self.skeleton, kind)
+            ]
+            found = self._joined[kind] = (
+                tuple(p[0] for p in items),
+                tuple(p[1] for p in items),
+            )
+        return found
 
 
 class Blocks:
@@ -222,14 +243,7 @@ class Blocks:
             "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
         }
         text = {"K": fill(("TK", tags), lambda: ", ".join(tags))}
-        text_parts = _joined(skeleton.text, text)
-        text_compact = _joined(skeleton.text_compact, text)
-        piece = _Piece(
-            *_joined(skeleton.html, full),
-            *_joined(skeleton.html_compact, compact),
-            *text_parts[:2],
-            *text_compact[:2],
-        )
+        piece = _Piece(skeleton, full, compact, text)
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()
         self._keys[id(entry), upvotes] = (entry, piece)  # the entry kept: its id stays its own

@@ -18,6 +18,7 @@ no-break space.
 
 from __future__ import annotations
 
+import difflib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -259,37 +260,29 @@ def readable(text: str) -> str:
     return text if converted is None else converted
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=4096)
+def _alignment(text: str) -> tuple[tuple[int, int, int], ...]:
+    """Where `text` and `readable(text)` agree: blocks (start in text, start in the readable
+    form, length), found once per text (difflib). The conversion only rewrites the LaTeX, so
+    the words around it line up."""
+    matcher = difflib.SequenceMatcher(None, text, readable(text), autojunk=False)
+    return tuple((a, b, n) for a, b, n in matcher.get_matching_blocks() if n)
+
+
+@lru_cache(maxsize=16384)
 def readable_spans(text: str, spans: tuple[Span, ...]) -> tuple[str, tuple[Span, ...]]:
     """`readable(text)` and `spans` (highlights, [start, end) in `text`) moved onto it. A span
-    inside a LaTeX command that the conversion cannot follow makes the result carry no spans
-    rather than wrong ones."""
+    that the conversion rewrote (inside a LaTeX command or formula) is dropped rather than
+    misplaced. Cheap per call: each text is aligned with its readable form once."""
     plain = readable(text)
     if plain == text or not spans:
         return plain, spans if plain == text else ()
-    if _START in text or _END in text:
-        return plain, ()
-    marked: list[str] = []
-    cursor = 0
-    for start, end in sorted(spans):
-        start, end = max(start, cursor), min(end, len(text))
-        if start >= end:
-            continue
-        marked += [text[cursor:start], _START, text[start:end], _END]
-        cursor = end
-    marked.append(text[cursor:])
-    converted = _convert("".join(marked))
-    if converted is None or converted.translate({ord(m): None for m in _MARKS}) != plain:
-        return plain, ()
+    blocks = _alignment(text)
     moved: list[Span] = []
-    out_at, start = 0, -1
-    for char in converted:
-        if char == _START:
-            start = out_at
-        elif char == _END:
-            if start != -1 and out_at > start:
-                moved.append((start, out_at))
-            start = -1
-        else:
-            out_at += 1
+    for start, end in sorted(spans):
+        for a, b, n in blocks:
+            if a <= start and end <= a + n:
+                if end > start:
+                    moved.append((b + start - a, b + end - a))
+                break
     return plain, tuple(moved)

@@ -264,6 +264,6 @@ def message_bytes(
 def _body(whole: str, parts: Sequence[str], encoded: Sequence[bytes]) -> bytes:
     """A body part's quoted-printable lines: from its parts' encodings when the renderer gave
     them, else from its parts, else from the whole text."""
-    if encoded and not any("\r" in part for part in parts):
+    if encoded:  # the renderer gives encodings only for parts without a CR
         return join_qp(encoded)
     return quoted_printable_parts(parts) if parts else quoted_printable(whole)
