@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from digest.errors import ConfigError
@@ -54,6 +55,9 @@ class Settings:
     retry_backoff: float = 5.0
     suspend_after: int = 3
     secret: str | None = field(default=None, repr=False)  # signs unsubscribe links
+    # where bounces and complaints arrive: imaps:// or imap:// URL (with the password) or Maildir
+    bounce_mailbox: str | None = field(default=None, repr=False)
+    return_path: str | None = None  # envelope sender base for VERP: bounces@example.org
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -93,6 +97,8 @@ class Settings:
             retry_backoff=reader.get("RETRY_BACKOFF", _non_negative(float), cls.retry_backoff),
             suspend_after=reader.get("SUSPEND_AFTER", _positive(int), cls.suspend_after),
             secret=reader.get("SECRET", _secret, None, secret=True),
+            bounce_mailbox=reader.get("BOUNCE_MAILBOX", _mailbox, None, secret=True),
+            return_path=reader.get("RETURN_PATH", _return_path, None),
         )
         return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -234,4 +240,45 @@ def _zone(raw: str) -> str:
         ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("use an IANA time zone name, e.g. Europe/Berlin or UTC") from None
+    return raw
+
+
+def _mailbox(raw: str) -> str:
+    """An imaps:// or imap:// URL with a user and password, or a folder path (a Maildir)."""
+    raw = raw.strip()
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", raw)
+    if scheme is None:
+        return raw  # a Maildir path: checked when it is read
+    if scheme[1].lower() not in ("imap", "imaps"):
+        raise ValueError(
+            "use an imaps://USER:PASSWORD@HOST/FOLDER (or imap://) URL or the path of a Maildir"
+        )
+    parts = urlsplit(raw)
+    bad_port = (
+        "the URL's port is not a number from 1 to 65535 (write the user's and the password's "
+        "special characters %-encoded: / as %2F, @ as %40, : as %3A, a space as %20)"
+    )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(bad_port) from None
+    if not parts.hostname:
+        raise ValueError("the URL has no host: use imaps://USER:PASSWORD@HOST/FOLDER")
+    if not parts.username or parts.password is None:
+        raise ValueError(
+            "the URL needs a user and a password: imaps://USER:PASSWORD@HOST/FOLDER "
+            "(write @ in the user as %40)"
+        )
+    if port == 0:
+        raise ValueError(bad_port)
+    return raw
+
+
+def _return_path(raw: str) -> str:
+    local, at, domain = raw.rpartition("@")
+    if not at or not local or not domain or any(c in raw for c in " <>\r\n+="):
+        raise ValueError(
+            "use a plain address without + or =, e.g. bounces@example.org: mail to "
+            "ada@example.org is then sent from bounces+ada=example.org@example.org"
+        )
     return raw

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from digest import store
+from digest import bounces, store
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import Outcome, RunReport, run_send
@@ -270,6 +270,7 @@ class Daemon:
 
     def _attempt(self, p: Plan) -> None:
         log.info("run for %s starting (%s)", p.day.isoformat(), REASONS[p.reason])
+        bounces.before_send(self.settings)  # when DIGEST_BOUNCE_MAILBOX is set; never raises
         before = store.recent_runs(self.db, 1)
         try:
             report = run_send(self.settings, progress=self._on_outcome, should_stop=self._stop)
