@@ -178,12 +178,14 @@ def deliver(box: Path, name: str, data: bytes) -> Path:
     return path
 
 
-def test_a_verp_bounce_in_a_maildir_is_attributed_by_its_return_path(
+def test_in_a_maildir_a_verp_bounce_and_a_non_standard_one_are_attributed(
     three: Digest, maildir: Path
 ) -> None:
     digest = three
     # Postfix gave this DSN's original a Message-ID of its own: only the VERP address names Alan.
     deliver(maildir, "1764579277.V801I1.mx", fixture("postfix-verp.eml"))
+    # qmail's plain-text notice: the original's Message-ID is only quoted in the text.
+    deliver(maildir, "1764579278.V801I3.mx", fixture("qmail-hard.eml", digest, qmail=ADA))
     processed = deliver(maildir, "1764579200.V801I2.mx", fixture("postfix-unattributable.eml"))
     processed.rename(maildir / "cur" / f"{processed.name}:2,S")  # read before: left alone
     digest.extra_env.update(
@@ -194,20 +196,23 @@ def test_a_verp_bounce_in_a_maildir_is_attributed_by_its_return_path(
 
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout.splitlines() == [
-        f"Read 1 new message from {maildir}: 1 hard bounce, 0 soft bounces, 0 complaints, "
+        f"Read 2 new messages from {maildir}: 2 hard bounces, 0 soft bounces, 0 complaints, "
         "0 not attributed, 0 other messages.",
         'alan@example.org: hard bounce 5.1.1 (unknown user: "alan"): suspended; '
         + ENABLE.format(ALAN),
+        "ada@example.org: hard bounce 5.1.1 (non-standard report: failure notice): suspended; "
+        + ENABLE.format(ADA),
     ]
     assert sorted(p.name for p in (maildir / "cur").iterdir()) == [
         "1764579200.V801I2.mx:2,S",
         "1764579277.V801I1.mx:2,S",
+        "1764579278.V801I3.mx:2,S",
     ]
     assert list((maildir / "new").iterdir()) == []
     again = digest.run("bounces")
     assert again.stdout.startswith(f"Read 0 new messages from {maildir}: ")
-    rows = digest.query("SELECT subscriber, kind, attributed_by, action FROM bounces")
-    assert rows == [(ALAN, "hard", "VERP", "suspended")]
+    rows = digest.query("SELECT subscriber, kind, attributed_by, action FROM bounces ORDER BY 1")
+    assert rows == [(ADA, "hard", "Message-ID", "suspended"), (ALAN, "hard", "VERP", "suspended")]
 
 
 def test_without_a_return_path_setting_a_verp_only_bounce_suspends_no_one(
@@ -226,22 +231,6 @@ def test_without_a_return_path_setting_a_verp_only_bounce_suspends_no_one(
         (0,)
     ]
     assert "suspended since" not in digest.run("send").stdout
-
-
-def test_a_non_standard_qmail_bounce_is_read_by_its_quoted_message_id(
-    three: Digest, maildir: Path
-) -> None:
-    digest = three
-    deliver(maildir, "1764579277.V801I1.mx", fixture("qmail-hard.eml", digest, qmail=ADA))
-    digest.extra_env.update(DIGEST_BOUNCE_MAILBOX=str(maildir))
-
-    result = digest.run("bounces")
-
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[1] == (
-        "ada@example.org: hard bounce 5.1.1 (non-standard report: failure notice): suspended; "
-        + ENABLE.format(ADA)
-    )
 
 
 def test_two_readers_at_once_count_each_soft_bounce_exactly_once(
