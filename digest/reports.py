@@ -81,7 +81,7 @@ def _address(value: str) -> str:
 def parse(raw: bytes) -> Report:
     """Read one message of the bounce mailbox (any bytes; never raises on bad input)."""
     msg = email.message_from_bytes(raw)
-    own_id = (msg.get("Message-ID") or "").strip()
+    own_id = str(msg.get("Message-ID") or "").strip()
     message_ids: list[str] = []
     sent_to = [a for h in ENVELOPE_HEADERS for _n, a in getaddresses(msg.get_all(h) or []) if a]
     blocks: list[tuple[str, str, str, str]] = []  # (recipient, action, status, diagnostic)

@@ -1,7 +1,9 @@
 """`digest bounces` as an operator runs it: a real subprocess (`python -m digest bounces`)
-reading a real Dovecot IMAP server on loopback (tests/imap.py) or a Maildir, holding real DSNs
-written by Postfix (tests/fixtures/bounces/, see its README) and an RFC 5965 abuse report about
-emails a real `digest send` sent; then `digest status` and the next `digest send`."""
+reading a real Dovecot IMAP server on loopback (tests/imap.py) or a Maildir. The DSNs are
+Postfix's own: live from a Postfix instance of the test's own (tests/postfix.py) that bounces a
+real digest, and recorded ones (tests/fixtures/bounces/, see its README: hard, soft, VERP,
+unattributable) next to an RFC 5965 abuse report and a qmail notice, about emails a real
+`digest send` sent; then `digest status` and the next `digest send`."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +21,7 @@ from urllib.parse import quote
 import pytest
 from helpers import ADA, ADA_ROW, ALAN, ALAN_ROW, GRACE, GRACE_ROW, Digest, messages_to, owed
 from imap import Dovecot, free_port
+from postfix import Postfix
 
 FIXTURES = Path(__file__).parent / "fixtures" / "bounces"
 PASSWORD = "s3cret/p@ss word"
@@ -162,6 +166,45 @@ def test_bounces_and_a_complaint_over_imaps_suspend_count_and_the_next_send_skip
     assert digest.run("send").returncode == 0
     assert len(messages_to(digest.smtp, ADA)) == 2
     assert digest.delivered(ADA) == expected[ADA]
+
+
+def test_a_real_postfix_bounce_of_a_real_digest_read_over_imap_suspends_the_address(
+    digest: Digest, dovecot: Dovecot
+) -> None:
+    """The whole way: `digest send` hands both digests to Postfix, which delivers Grace's and
+    bounces Ada's (no such user) with a DSN to the envelope sender, delivered into Dovecot's
+    Maildir; `digest bounces` reads it over IMAP and suspends Ada."""
+    grace_box = dovecot.root / "grace"  # a folder Postfix (as nobody) can reach
+    with Postfix({"digest": dovecot.maildir, "grace": grace_box}) as postfix:
+        digest.extra_env.update(
+            DIGEST_SMTP_HOST="127.0.0.1",
+            DIGEST_SMTP_PORT=str(postfix.port),
+            DIGEST_BOUNCE_MAILBOX=dovecot.url(),
+        )
+        sent = digest.run("send")
+        assert sent.returncode == 0, sent.stderr
+        assert "2 emails sent, 0 failed" in sent.stdout  # Postfix accepted both
+        deadline = time.monotonic() + 60
+        while not list((dovecot.maildir / "new").iterdir()) or not list(
+            (grace_box / "new").iterdir()
+        ):
+            assert time.monotonic() < deadline, postfix.log()
+            time.sleep(0.1)
+    (delivered,) = (grace_box / "new").iterdir()
+    assert message_id(digest, GRACE).encode() in delivered.read_bytes()
+
+    result = digest.run("bounces")
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[1:] == [UNKNOWN_ADA + ENABLE.format(ADA)]
+    assert digest.query("SELECT message_id, attributed_by FROM bounces") == [
+        (message_id(digest, ADA), "Message-ID")
+    ]
+    text = digest.run("status").stdout
+    assert re.search(
+        r"^  ada@example\.org: since .*: hard bounce 5\.1\.1: unknown user", text, re.M
+    )
+    assert "grace@example.org: since" not in text
 
 
 @pytest.fixture
@@ -368,3 +411,43 @@ def test_the_daemon_reads_bounces_before_sending_and_a_failing_mailbox_never_blo
         daemon.kill()
     assert PASSWORD not in daemon.log and ENCODED not in daemon.log
     assert len(messages_to(digest.smtp, ADA)) == len(messages_to(digest.smtp, GRACE)) == 1
+
+
+def test_reading_a_report_never_raises_on_broken_or_hostile_bytes() -> None:
+    from digest.reports import parse
+
+    samples = [
+        b"",
+        b"\x00\xff\xfe not a message at all",
+        b"Message-ID: =?utf-8?b?w6k=?=\r\nSubject: \xe9\xff\r\n\r\nhello",
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=x\n\n--x\n"
+        b"Content-Type: message/delivery-status\n\nFinal-Recipient: rfc822; \xff@x\n"
+        b"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550\r\n\r\n injected\n--x",
+        b"Content-Type: multipart/report; report-type=feedback-report; boundary=y\n\n--y\n"
+        b"Content-Type: message/feedback-report\n\n--y--",
+    ]
+    for path in sorted(FIXTURES.glob("*.eml")):
+        data = path.read_bytes()
+        samples += [data[: len(data) // 2], data[: len(data) // 5], data.replace(b"\n", b"\r\n")]
+        full = parse(data)
+        assert parse(data.replace(b"\n", b"\r\n")) == full  # as IMAP serves it
+    for raw in samples:
+        report = parse(raw)
+        for text in (report.detail, report.source, report.recipient, report.status):
+            assert "\n" not in text and "\r" not in text
+    assert parse(samples[3]).kind == "hard" and parse(samples[4]).kind == "other"
+
+
+def test_a_verp_address_names_its_recipient_and_nothing_else_does() -> None:
+    from digest.reports import verp_address, verp_recipient
+
+    sender = verp_address("bounces@example.org", "Ada.Lovelace+arxiv@Example.ORG")
+    assert sender == "bounces+Ada.Lovelace+arxiv=Example.ORG@example.org"
+    assert verp_recipient(sender, "bounces@example.org") == "ada.lovelace+arxiv@example.org"
+    for other in (
+        "bounces@example.org",
+        "bounces+ada@example.org",
+        "bounces+ada=example.org@elsewhere.org",
+        "other+ada=example.org@example.org",
+    ):
+        assert verp_recipient(other, "bounces@example.org") is None
