@@ -86,9 +86,11 @@ def _reason(report: Report, when: str) -> str | None:
     return None
 
 
-def process(db: store.sqlite_utils.Database, box: Mailbox, settings: Settings) -> BounceRun:
+def process(
+    db: store.sqlite_utils.Database, box: Mailbox, settings: Settings, run: BounceRun | None = None
+) -> BounceRun:
     """Read every unprocessed message of `box`, record and apply it, mark it processed."""
-    run = BounceRun(box.describe())
+    run = run if run is not None else BounceRun(box.describe())
     for item in box.unprocessed():
         bounce_id = hashlib.sha256(item.data).hexdigest()
         if store.bounce_known(db, bounce_id):
@@ -151,7 +153,7 @@ def read_bounces(settings: Settings) -> BounceRun:
     try:
         box = open_mailbox(spec)
         try:
-            run = process(db, box, settings)
+            process(db, box, settings, run)  # `run` counts what was done, should it fail
         finally:
             box.close()
     except DigestError as exc:

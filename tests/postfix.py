@@ -19,6 +19,7 @@ from types import TracebackType
 
 from imap import NOBODY, free_port
 
+SERVICE_LISTS = (Path("/etc/postfix/master.cf"), Path("/usr/share/postfix/master.cf.dist"))
 MAIN_CF = """\
 compatibility_level = 3.6
 queue_directory = {root}/queue
@@ -62,7 +63,7 @@ class Postfix:
         shutil.chown(self.root / "data", "postfix")
         (self.config / "main.cf").write_text(MAIN_CF.format(root=self.root))
         # the machine's service list, without its network listeners, plus ours on loopback
-        services = Path("/etc/postfix/master.cf").read_text()
+        services = next(p for p in SERVICE_LISTS if p.exists()).read_text()
         services = re.sub(r"(?m)^(?!#)\S+\s+inet\s.*(\n[ \t]+.*)*\n?", "", services)
         services += f"127.0.0.1:{self.port} inet n - n - - smtpd\n"
         (self.config / "master.cf").write_text(services)
