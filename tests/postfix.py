@@ -45,8 +45,12 @@ default_privs = nobody
 
 
 class Postfix:
-    def __init__(self, maildirs: dict[str, Path]) -> None:
+    def __init__(
+        self, maildirs: dict[str, Path], transport: dict[str, str] | None = None, extra: str = ""
+    ) -> None:
         self.maildirs = maildirs  # local part -> Maildir its mail is delivered to
+        self.transport = transport or {}  # address -> transport (transport_maps)
+        self.extra = extra  # more main.cf lines
         self.root = Path(tempfile.mkdtemp(prefix="digest-postfix-"))
         self.port = free_port()
         self.config = self.root / "etc"
@@ -61,7 +65,14 @@ class Postfix:
         for sub in ("etc", "queue", "data"):
             (self.root / sub).mkdir()
         shutil.chown(self.root / "data", "postfix")
-        (self.config / "main.cf").write_text(MAIN_CF.format(root=self.root))
+        main = MAIN_CF.format(root=self.root) + self.extra
+        table = self.config / "transport"
+        if self.transport:
+            main += f"transport_maps = hash:{table}\n"
+        (self.config / "main.cf").write_text(main)
+        if self.transport:
+            table.write_text("".join(f"{k} {v}\n" for k, v in self.transport.items()))
+            subprocess.run(["postmap", "-c", str(self.config), str(table)], check=True)
         # the machine's service list, without its network listeners, plus ours on loopback
         services = next(p for p in SERVICE_LISTS if p.exists()).read_text()
         services = re.sub(r"(?m)^(?!#)\S+\s+inet\s.*(\n[ \t]+.*)*\n?", "", services)
