@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from digest import __version__, roster, scheduler, store, volume
+from digest import __version__, bounces, roster, scheduler, store, volume
 from digest import progress as progress_display
 from digest import status as status_report
 from digest.archive import DEFAULT_MAX, FORMATS, run_archive
@@ -431,3 +431,21 @@ def serve(host: str, port: int, db: Path | None, subscribers: Path | None) -> No
 
     settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
     web.serve(settings, host, port, ready=lambda url: click.echo(f"Serving on {url}", err=False))
+
+
+# digest bounces -------------------------------------------------------------------------------
+
+
+@main.command("bounces")
+@db_option
+@user_errors
+def bounces_command(db: Path | None) -> None:
+    """Read DIGEST_BOUNCE_MAILBOX (an imaps:// or imap:// URL, or a Maildir): suspend the
+    addresses that hard-bounce or complain, count soft bounces, mark each message processed.
+    A report that names no email of ours suspends no one. The daemon runs this before each send.
+    """
+    settings = Settings.from_env(db_path=db)
+    run = bounces.read_bounces(settings)
+    click.echo(bounces.summary(run))
+    for level, text in bounces.lines(run):
+        click.echo(f"Warning: {text}" if level == "warning" else text, err=level == "warning")

@@ -66,6 +66,9 @@ class Settings:
     signup: bool = False  # DIGEST_SIGNUP=open: `digest serve`'s root page is a sign-up form
     trust_proxy: str | None = None  # the reverse proxy whose X-Forwarded-* headers we believe
     serve_timeout: float = 20.0  # seconds `digest serve` keeps an idle or stalled connection
+    # where bounces and complaints arrive: imaps:// or imap:// URL (with the password) or Maildir
+    bounce_mailbox: str | None = field(default=None, repr=False)
+    return_path: str | None = None  # envelope sender base for VERP: bounces@example.org
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -116,6 +119,8 @@ class Settings:
             signup=reader.get("SIGNUP", _choice(("open", "off")), "off") == "open",
             trust_proxy=reader.get("TRUST_PROXY", _proxy, None),
             serve_timeout=reader.get("SERVE_TIMEOUT", _positive(float), cls.serve_timeout),
+            bounce_mailbox=reader.get("BOUNCE_MAILBOX", _mailbox, None, secret=True),
+            return_path=reader.get("RETURN_PATH", _return_path, None),
         )
         settings = replace(settings, **{k: v for k, v in overrides.items() if v is not None})
         _check_dkim(settings)
@@ -351,4 +356,45 @@ def _zone(raw: str) -> str:
         ZoneInfo(raw)
     except (ZoneInfoNotFoundError, ValueError):
         raise ValueError("use an IANA time zone name, e.g. Europe/Berlin or UTC") from None
+    return raw
+
+
+def _mailbox(raw: str) -> str:
+    """An imaps:// or imap:// URL with a user and password, or a folder path (a Maildir)."""
+    raw = raw.strip()
+    scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", raw)
+    if scheme is None:
+        return raw  # a Maildir path: checked when it is read
+    if scheme[1].lower() not in ("imap", "imaps"):
+        raise ValueError(
+            "use an imaps://USER:PASSWORD@HOST/FOLDER (or imap://) URL or the path of a Maildir"
+        )
+    parts = urlsplit(raw)
+    bad_port = (
+        "the URL's port is not a number from 1 to 65535 (write the user's and the password's "
+        "special characters %-encoded: / as %2F, @ as %40, : as %3A, a space as %20)"
+    )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(bad_port) from None
+    if not parts.hostname:
+        raise ValueError("the URL has no host: use imaps://USER:PASSWORD@HOST/FOLDER")
+    if not parts.username or parts.password is None:
+        raise ValueError(
+            "the URL needs a user and a password: imaps://USER:PASSWORD@HOST/FOLDER "
+            "(write @ in the user as %40)"
+        )
+    if port == 0:
+        raise ValueError(bad_port)
+    return raw
+
+
+def _return_path(raw: str) -> str:
+    local, at, domain = raw.rpartition("@")
+    if not at or not local or not domain or any(c in raw for c in " <>\r\n+="):
+        raise ValueError(
+            "use a plain address without + or =, e.g. bounces@example.org: mail to "
+            "ada@example.org is then sent from bounces+ada=example.org@example.org"
+        )
     return raw

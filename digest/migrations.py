@@ -224,6 +224,40 @@ def _m_signups(db: sqlite_utils.Database) -> None:
     db["signup_requests"].create_index(["client", "at"])
 
 
+def _m_bounces(db: sqlite_utils.Database) -> None:
+    """`digest bounces` (issue 12): each bounce or complaint read from DIGEST_BOUNCE_MAILBOX,
+    keyed by the SHA-256 of its bytes (so reading it twice changes nothing), and each read."""
+    db["bounces"].create(
+        {
+            "id": str,  # sha256 of the message as read
+            "read_at": str,
+            "kind": str,  # hard | soft | complaint | other (not a bounce)
+            "subscriber": str,  # NULL: not attributed
+            "message_id": str,  # our email it is about, when known
+            "attributed_by": str,  # Message-ID | VERP | NULL
+            "recipient": str,  # the address the report names
+            "status": str,  # the DSN status (5.1.1) or the complaint's feedback type
+            "detail": str,  # the diagnostic, one line
+            "action": str,  # suspended | counted | already suspended | not attributed | ignored
+            "source": str,  # the report's From and Subject
+        },
+        pk="id",
+    )
+    db["bounces"].create_index(["subscriber", "kind"])
+    db["bounce_checks"].create(
+        {
+            "id": int,
+            "started_at": str,
+            "finished_at": str,
+            "mailbox": str,  # as shown to users: never the password
+            "messages": int,
+            "status": str,  # ok | failed
+            "error": str,
+        },
+        pk="id",
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
@@ -234,4 +268,5 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m_feedback,
     _m_compact_outbox,
     _m_signups,
+    _m_bounces,
 ]

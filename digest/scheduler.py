@@ -38,7 +38,7 @@ from zoneinfo import ZoneInfo
 
 import schedule
 
-from digest import runlog, smtp, store, volume
+from digest import bounces, runlog, smtp, store, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import run_send
@@ -330,6 +330,7 @@ class Daemon:
 
     def _attempt(self, p: Plan) -> None:
         log.info("run for %s starting (%s)", p.day.isoformat(), REASONS[p.reason])
+        bounces.before_send(self.settings)  # when DIGEST_BOUNCE_MAILBOX is set; never raises
         before = runlog.recent_runs(self.db, 1)
         self.attempt_after = int(str(before[0]["id"])) if before else 0
         try:

@@ -27,6 +27,7 @@ from typing import Generic, Protocol, TypeVar
 from digest.config import Settings
 from digest.errors import SmtpError
 from digest.mailer import header_value
+from digest.reports import verp_address
 
 log = logging.getLogger(__name__)
 
@@ -197,9 +198,14 @@ class Messenger:
             self.connect()
         assert self._smtp is not None
         address = parseaddr(self.sender)[1] or self.sender
+        # The envelope sender: with DIGEST_RETURN_PATH, one per recipient (VERP), so that a
+        # bounce names whose it is (`digest bounces`).
+        envelope = (
+            verp_address(self.settings.return_path, to) if self.settings.return_path else address
+        )
         self.spacer.wait()
         try:
-            self._smtp.sendmail(address, [to], data)
+            self._smtp.sendmail(envelope, [to], data)
         except smtplib.SMTPRecipientsRefused as exc:
             code, reply = next(iter(exc.recipients.values()))
             return self._refused(code, reply)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from digest import outbox, runlog, store, subscribers, volume
+from digest import bounce_log, outbox, runlog, store, subscribers, volume
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.scheduler import REASONS, local_day, missed_day, plan_from_db
@@ -38,6 +38,7 @@ class Status:
     suspended: list[dict[str, Any]]
     missed: str | None
     problems: list[str] = field(default_factory=list)  # what `--check` fails on
+    bounces: dict[str, Any] = field(default_factory=dict)  # see bounce_log.bounce_overview
 
     @property
     def healthy(self) -> bool:
@@ -110,6 +111,7 @@ def gather(
         ],
         missed=missed,
         problems=problems,
+        bounces=bounce_log.bounce_overview(db),
     )
 
 
@@ -195,4 +197,34 @@ def render_text(status: Status, settings: Settings) -> str:
                 f"  {s['subscriber']}: since {_local(s['since'], settings)}: {s['reason']}; "
                 f"`digest subscribers enable {s['subscriber']}` sends to it again"
             )
+    out += _bounce_lines(status.bounces, settings)
     return "\n".join(out)
+
+
+def _bounce_lines(found: dict[str, Any], settings: Settings) -> list[str]:
+    """The bounces section: nothing when the bounce mailbox was never read."""
+    check = found.get("last_check")
+    if not check:
+        return []
+    c = found["counts"]
+    when = _local(check["finished_at"], settings)
+    if check["status"] == "failed":
+        head = f"Bounces: the last read of {check['mailbox']} ({when}) failed: {check['error']}"
+    else:
+        head = f"Bounces (last read {when}, {check['mailbox']}):"
+    out = ["", head]
+    out.append(
+        f"  {c['hard']} hard, {c['soft']} soft, {c['complaint']} complaints, "
+        f"{c['not_attributed']} not attributed"
+    )
+    for r in found["recent"]:
+        who = r["subscriber"] or f"not attributed ({r['recipient'] or 'no address'})"
+        status = f" {r['status']}" if r["status"] else ""
+        detail = f": {r['detail']}" if r["detail"] else ""
+        out.append(
+            f"  {_local(r['read_at'], settings)} {who}: {r['kind']}{status}{detail} [{r['action']}]"
+        )
+    soft = found["soft_by_address"]
+    if soft:
+        out.append("  Soft bounces per address: " + ", ".join(f"{a} {n}" for a, n in soft.items()))
+    return out
