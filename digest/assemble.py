@@ -104,17 +104,25 @@ class Renderer:
         """Finish, in a few trips, the blocks these digests need (see `Blocks.prepare`)."""
         self.blocks.prepare(digests)
 
-    def render(self, digest: Digest, unsubscribe_url: str | None = None) -> RenderedEmail:
+    def render(
+        self,
+        digest: Digest,
+        unsubscribe_url: str | None = None,
+        *,
+        preferences_url: str | None = None,
+    ) -> RenderedEmail:
         self.count += 1
         try:
-            email, layout_key = self._assemble(digest, unsubscribe_url)
+            email, layout_key = self._assemble(digest, unsubscribe_url, preferences_url)
         except _Slow:
-            return self._reference(digest, unsubscribe_url)
+            return self._reference(digest, unsubscribe_url, preferences_url)
         except Exception:  # a bug here must cost speed, never an email
             log.exception("assembling the email for %s failed", digest.subscriber.email)
-            return self._reference(digest, unsubscribe_url)
+            return self._reference(digest, unsubscribe_url, preferences_url)
         if self.count % self.verify_every == 0:  # a sample: the whole reference, budget search too
-            reference: RenderedEmail | None = self._reference(digest, unsubscribe_url)
+            reference: RenderedEmail | None = self._reference(
+                digest, unsubscribe_url, preferences_url
+            )
         elif layout_key not in self._verified:  # the first of its layout: the reference at the
             # same choice of papers (one trip; the choice itself is a sum of these pieces' sizes)
             reference = render_at(
@@ -123,6 +131,7 @@ class Renderer:
                 len(email.paper_ids),
                 sender=self.sender,
                 unsubscribe_url=unsubscribe_url,
+                preferences_url=preferences_url,
             )
         else:
             reference = None
@@ -134,9 +143,15 @@ class Renderer:
         self.assembled += 1
         return email
 
-    def _reference(self, digest: Digest, unsubscribe_url: str | None) -> RenderedEmail:
+    def _reference(
+        self, digest: Digest, unsubscribe_url: str | None, preferences_url: str | None
+    ) -> RenderedEmail:
         return render_reference(
-            digest, sender=self.sender, budget=self.budget, unsubscribe_url=unsubscribe_url
+            digest,
+            sender=self.sender,
+            budget=self.budget,
+            unsubscribe_url=unsubscribe_url,
+            preferences_url=preferences_url,
         )
 
     def _mismatch(
@@ -162,7 +177,7 @@ class Renderer:
         )
 
     def _assemble(
-        self, digest: Digest, unsubscribe_url: str | None
+        self, digest: Digest, unsubscribe_url: str | None, preferences_url: str | None
     ) -> tuple[RenderedEmail, tuple[object, ...]]:
         entries = digest.entries
         pieces = [
@@ -179,7 +194,7 @@ class Renderer:
                 if shown not in strings:
                     strings[shown] = _strings(digest, shown, self.sender)
                 cache[full, shown] = self._shape(
-                    digest, full, shown, strings[shown], unsubscribe_url
+                    digest, full, shown, strings[shown], (unsubscribe_url, preferences_url)
                 )
             return cache[full, shown]
 
@@ -222,7 +237,7 @@ class Renderer:
         full: int,
         shown: int,
         strings: dict[str, str],
-        unsubscribe_url: str | None,
+        links: tuple[str | None, str | None],
     ) -> tuple[tuple[object, ...], _Layout, dict[str, str]]:
         """The layout and values of the email showing the first `shown` entries, the first
         `full` of them in full (`strings`: `render._strings` for `shown`)."""
@@ -234,8 +249,11 @@ class Renderer:
             if in_full:
                 values[f"k{sections}"], values[f"n{sections}"] = section.keyword, str(in_full)
                 sections += 1
+        unsubscribe_url, preferences_url = links
         if unsubscribe_url is not None:
             values["unsubscribe"] = unsubscribe_url
+        if preferences_url is not None:
+            values["preferences"] = preferences_url
         if any(self.blocks.mark in value for value in values.values()):
             raise _Slow
         layout_key = (
@@ -243,6 +261,7 @@ class Renderer:
             shown > full,
             bool(strings["deferred_line"]),
             unsubscribe_url is not None,
+            preferences_url is not None,
             digest.trending,
         )
         return layout_key, self._layout(layout_key), values
@@ -261,7 +280,7 @@ class Renderer:
         return layout
 
     def _make_layout(self, key: tuple[object, ...]) -> _Layout:
-        sections, compact, deferred, unsubscribe, trending = key
+        sections, compact, deferred, unsubscribe, preferences, trending = key
         assert isinstance(sections, int) and isinstance(trending, tuple)
         slot = replace(
             _SENTINEL, title=Markup(self.blocks.m("slot")), title_text=self.blocks.m("slot")
@@ -280,6 +299,7 @@ class Renderer:
             compact=[slot] if compact else [],
             deferred_line=self.blocks.m("deferred_line") if deferred else "",
             unsubscribe_url=self.blocks.m("unsubscribe") if unsubscribe else None,
+            preferences_url=self.blocks.m("preferences") if preferences else None,
             trending=trending,
         )
         html = self.blocks.trip(context)
@@ -293,7 +313,8 @@ class Renderer:
         text = text.replace(_paper_text(slot), self.blocks.m("P"))
         text = text.replace(_compact_text(slot), self.blocks.m("C"))
         html_parts, text_parts = self._parse(html, html=True), self._parse(text, html=False)
-        known = {*_VALUES, "unsubscribe", *(f"{c}{i}" for c in "kn" for i in range(sections))}
+        known = {*_VALUES, "unsubscribe", "preferences"}
+        known |= {f"{c}{i}" for c in "kn" for i in range(sections)}
         for parts in (html_parts, text_parts):
             names = [name for kind, name, _ in parts if kind != "lit"]
             if not set(names) <= known | {"P", "C"} or names.count("P") != sections:

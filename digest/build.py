@@ -22,7 +22,7 @@ from digest.mailer import message_bytes, new_message_id
 from digest.models import Digest, RenderedEmail, Subscriber
 from digest.outbox import NewEmail
 from digest.report import Outcome, Timings
-from digest.tokens import unsubscribe_url
+from digest.tokens import preferences_url, unsubscribe_url
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class Builder:
         person = digest.subscriber
         link = self.unsubscribe_link(person)
         try:
-            rendered = self.renderer.render(digest, link)
+            rendered = self.renderer.render(
+                digest, link, preferences_url=preferences_url(self.settings, person)
+            )
         except Exception as exc:  # a template or data bug must skip one subscriber, not the run
             log.exception("rendering the digest for %s failed", person.email)
             raise BuildFailed(f"could not render the email: {exc!r}") from None

@@ -198,7 +198,12 @@ def _split(
 
 
 def _context(
-    digest: Digest, full: int, shown: int, sender: str, unsubscribe_url: str | None = None
+    digest: Digest,
+    full: int,
+    shown: int,
+    sender: str,
+    unsubscribe_url: str | None = None,
+    preferences_url: str | None = None,
 ) -> dict[str, object]:
     views = {e.paper.id: entry_view(e, digest.upvotes.get(e.paper.id, 0)) for e in digest.entries}
     sections, compact = _split(digest, full, shown)
@@ -210,6 +215,7 @@ def _context(
         ],
         "compact": [views[e.paper.id] for e in compact],
         "unsubscribe_url": unsubscribe_url,
+        "preferences_url": preferences_url,
         "trending": digest.trending,
     }
 
@@ -234,7 +240,12 @@ def render_text(context: dict[str, object]) -> str:
 
 
 def render_reference(
-    digest: Digest, *, sender: str, budget: int, unsubscribe_url: str | None = None
+    digest: Digest,
+    *,
+    sender: str,
+    budget: int,
+    unsubscribe_url: str | None = None,
+    preferences_url: str | None = None,
 ) -> RenderedEmail:
     """The email for `digest`, its HTML kept under `budget` bytes, rendered the straightforward
     way: the whole template through Jinja, MJML and premailer for this one subscriber.
@@ -247,7 +258,7 @@ def render_reference(
 
     def attempt(full: int, shown: int) -> tuple[str, dict[str, object]]:
         if (full, shown) not in attempts:
-            context = _context(digest, full, shown, sender, unsubscribe_url)
+            context = _context(digest, full, shown, sender, unsubscribe_url, preferences_url)
             attempts[full, shown] = render_html(context), context
         return attempts[full, shown]
 
@@ -260,11 +271,17 @@ def render_reference(
 
 
 def render_at(
-    digest: Digest, full: int, shown: int, *, sender: str, unsubscribe_url: str | None = None
+    digest: Digest,
+    full: int,
+    shown: int,
+    *,
+    sender: str,
+    unsubscribe_url: str | None = None,
+    preferences_url: str | None = None,
 ) -> RenderedEmail:
     """The email `render_reference` gives when its budget leads to showing the first `shown`
     papers, the first `full` of them in full: the same straightforward rendering, one try."""
-    context = _context(digest, full, shown, sender, unsubscribe_url)
+    context = _context(digest, full, shown, sender, unsubscribe_url, preferences_url)
     return _email(digest, render_html(context), render_text(context), full, shown)
 
 

@@ -138,8 +138,11 @@ def _check(
     renderer = renderer or Renderer(sender=SENDER, budget=budget, verify_every=10**9)
     for n, digest in enumerate(digests):
         url = f"https://digest.example.org/u/tok{n}?a=1&b=é é" if unsubscribe and n % 2 else None
-        expected = render_reference(digest, sender=SENDER, budget=budget, unsubscribe_url=url)
-        got = renderer.render(digest, url)
+        prefs = f"https://digest.example.org/p/{n}?q=\"x\"&r='y'" if url and n % 3 else None
+        expected = render_reference(
+            digest, sender=SENDER, budget=budget, unsubscribe_url=url, preferences_url=prefs
+        )
+        got = renderer.render(digest, url, preferences_url=prefs)
         assert got.html == expected.html, f"HTML of email {n} differs"
         assert got.text == expected.text, f"text of email {n} differs"
         assert got == expected
