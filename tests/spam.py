@@ -19,6 +19,8 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime, parsedate_to_datetime
 from pathlib import Path
 
 # Received lines a receiving server would add, for scoring a message as it arrives through a
@@ -26,12 +28,12 @@ from pathlib import Path
 RELAY_WITH_RDNS = (
     b"Received: from mail.example.org (mail.example.org [93.184.216.34])\n"
     b"\tby mx.example.net (Postfix) with ESMTPS id 4Q1xYz2AbC\n"
-    b"\tfor <reader@example.net>; Tue, 01 Dec 2026 07:00:06 +0000 (UTC)\n"
+    b"\tfor <reader@example.net>; WHEN\n"
 )
 RELAY_WITHOUT_RDNS = (
     b"Received: from mail.example.org (unknown [93.184.216.34])\n"
     b"\tby mx.example.net (Postfix) with ESMTPS id 4Q1xYz2AbD\n"
-    b"\tfor <reader@example.net>; Tue, 01 Dec 2026 07:00:06 +0000 (UTC)\n"
+    b"\tfor <reader@example.net>; WHEN\n"
 )
 _SEPARATOR = re.compile(rb"^From digest-spam-test-(\d+)@example\.invalid .*$", re.M)
 _OPTIONS = (
@@ -125,5 +127,9 @@ def rules(message: bytes) -> dict[str, float]:
 
 
 def through_relay(message: bytes, received: bytes) -> bytes:
-    """`message` as a receiving server stores it: its Received line on top."""
-    return received.replace(b"\n", b"\r\n") + message
+    """`message` as a receiving server stores it: its Received line on top, stamped a second
+    after the message's own Date (as when the relay took it at once)."""
+    found = re.search(rb"^Date: (.+?)\r$", message, re.M)
+    sent = parsedate_to_datetime(found[1].decode()) if found else datetime.now(UTC)
+    when = format_datetime((sent + timedelta(seconds=1)).astimezone(UTC)).encode()
+    return received.replace(b"WHEN", when).replace(b"\n", b"\r\n") + message
