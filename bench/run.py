@@ -54,7 +54,7 @@ import bare  # noqa: E402
 import data  # noqa: E402
 import internals  # noqa: E402
 from helpers import SENDER, Digest  # noqa: E402
-from postfix import PostfixReceiver  # noqa: E402
+from postfix_receiver import PostfixReceiver  # noqa: E402
 from report import detail_table, dry_run_line, machine, main_table  # noqa: E402
 from smtp_sink import SmtpSink  # noqa: E402
 from standins import ArxivStandin  # noqa: E402
