@@ -48,8 +48,10 @@ from digest.blocks import (
     _Piece,
     _Slow,
 )
+from digest.feedback_links import ReaderLinks
 from digest.mailer import qp_part_cached, qp_size, qp_weight
 from digest.models import Digest, RenderedEmail
+from digest.piece_links import linked
 from digest.render import _email, _fit, _strings, render_at, render_reference, render_text
 
 log = logging.getLogger(__name__)
@@ -100,21 +102,28 @@ class Renderer:
     def _skeletons(self) -> dict[tuple[str, int, int], object]:
         return self.blocks.skeletons  # type: ignore[return-value]
 
-    def prepare(self, digests: Iterable[Digest]) -> None:
-        """Finish, in a few trips, the blocks these digests need (see `Blocks.prepare`)."""
-        self.blocks.prepare(digests)
+    def prepare(self, digests: Iterable[Digest], links: bool = False) -> None:
+        """Finish, in a few trips, the blocks these digests need (see `Blocks.prepare`;
+        `links`: with the readers' feedback links)."""
+        self.blocks.prepare(digests, links)
 
-    def render(self, digest: Digest, unsubscribe_url: str | None = None) -> RenderedEmail:
+    def render(
+        self,
+        digest: Digest,
+        unsubscribe_url: str | None = None,
+        links: ReaderLinks | None = None,
+    ) -> RenderedEmail:
+        """The email; `links`: the reader's feedback links, on every paper and in the footer."""
         self.count += 1
         try:
-            email, layout_key = self._assemble(digest, unsubscribe_url)
+            email, layout_key = self._assemble(digest, unsubscribe_url, links)
         except _Slow:
-            return self._reference(digest, unsubscribe_url)
+            return self._reference(digest, unsubscribe_url, links)
         except Exception:  # a bug here must cost speed, never an email
             log.exception("assembling the email for %s failed", digest.subscriber.email)
-            return self._reference(digest, unsubscribe_url)
+            return self._reference(digest, unsubscribe_url, links)
         if self.count % self.verify_every == 0:  # a sample: the whole reference, budget search too
-            reference: RenderedEmail | None = self._reference(digest, unsubscribe_url)
+            reference: RenderedEmail | None = self._reference(digest, unsubscribe_url, links)
         elif layout_key not in self._verified:  # the first of its layout: the reference at the
             # same choice of papers (one trip; the choice itself is a sum of these pieces' sizes)
             reference = render_at(
@@ -123,6 +132,7 @@ class Renderer:
                 len(email.paper_ids),
                 sender=self.sender,
                 unsubscribe_url=unsubscribe_url,
+                links=links,
             )
         else:
             reference = None
@@ -134,9 +144,15 @@ class Renderer:
         self.assembled += 1
         return email
 
-    def _reference(self, digest: Digest, unsubscribe_url: str | None) -> RenderedEmail:
+    def _reference(
+        self, digest: Digest, unsubscribe_url: str | None, links: ReaderLinks | None
+    ) -> RenderedEmail:
         return render_reference(
-            digest, sender=self.sender, budget=self.budget, unsubscribe_url=unsubscribe_url
+            digest,
+            sender=self.sender,
+            budget=self.budget,
+            unsubscribe_url=unsubscribe_url,
+            links=links,
         )
 
     def _mismatch(
@@ -162,12 +178,16 @@ class Renderer:
         )
 
     def _assemble(
-        self, digest: Digest, unsubscribe_url: str | None
+        self, digest: Digest, unsubscribe_url: str | None, links: ReaderLinks | None
     ) -> tuple[RenderedEmail, tuple[object, ...]]:
         entries = digest.entries
-        pieces = [
-            self.blocks.piece(entry, digest.upvotes.get(entry.paper.id, 0)) for entry in entries
-        ]
+        blocks, upvotes, with_links = self.blocks, digest.upvotes, links is not None
+        pieces = [blocks.piece(e, upvotes.get(e.paper.id, 0), with_links) for e in entries]
+        if links is not None:  # this reader's links filled in: one HMAC per link
+            pieces = [
+                linked(piece, *links.urls(e.paper.id))
+                for piece, e in zip(pieces, entries, strict=True)
+            ]
         full_sums = [0, *accumulate(p.html_size for p in pieces)]
         compact_sums: list[int] = []
         cache: dict[tuple[int, int], tuple[tuple[object, ...], _Layout, dict[str, str]]] = {}
@@ -179,7 +199,7 @@ class Renderer:
                 if shown not in strings:
                     strings[shown] = _strings(digest, shown, self.sender)
                 cache[full, shown] = self._shape(
-                    digest, full, shown, strings[shown], unsubscribe_url
+                    digest, full, shown, strings[shown], unsubscribe_url, links
                 )
             return cache[full, shown]
 
@@ -220,6 +240,7 @@ class Renderer:
         shown: int,
         strings: dict[str, str],
         unsubscribe_url: str | None,
+        links: ReaderLinks | None = None,
     ) -> tuple[tuple[object, ...], _Layout, dict[str, str]]:
         """The layout and values of the email showing the first `shown` entries, the first
         `full` of them in full (`strings`: `render._strings` for `shown`)."""
@@ -233,6 +254,8 @@ class Renderer:
                 sections += 1
         if unsubscribe_url is not None:
             values["unsubscribe"] = unsubscribe_url
+        if links is not None:
+            values["likes"] = links.likes
         if any(self.blocks.mark in value for value in values.values()):
             raise _Slow
         layout_key = (
@@ -241,6 +264,7 @@ class Renderer:
             bool(strings["deferred_line"]),
             unsubscribe_url is not None,
             digest.trending,
+            links is not None,
         )
         return layout_key, self._layout(layout_key), values
 
@@ -258,7 +282,7 @@ class Renderer:
         return layout
 
     def _make_layout(self, key: tuple[object, ...]) -> _Layout:
-        sections, compact, deferred, unsubscribe, trending = key
+        sections, compact, deferred, unsubscribe, trending, likes = key
         assert isinstance(sections, int) and isinstance(trending, tuple)
         slot = replace(
             _SENTINEL, title=Markup(self.blocks.m("slot")), title_text=self.blocks.m("slot")
@@ -277,6 +301,7 @@ class Renderer:
             compact=[slot] if compact else [],
             deferred_line=self.blocks.m("deferred_line") if deferred else "",
             unsubscribe_url=self.blocks.m("unsubscribe") if unsubscribe else None,
+            likes_url=self.blocks.m("likes") if likes else None,
             trending=trending,
         )
         html = self.blocks.trip(context)
@@ -290,7 +315,12 @@ class Renderer:
         text = text.replace(_paper_text(slot), self.blocks.m("P"))
         text = text.replace(_compact_text(slot), self.blocks.m("C"))
         html_parts, text_parts = self._parse(html, html=True), self._parse(text, html=False)
-        known = {*_VALUES, "unsubscribe", *(f"{c}{i}" for c in "kn" for i in range(sections))}
+        known = {
+            *_VALUES,
+            "unsubscribe",
+            "likes",
+            *(f"{c}{i}" for c in "kn" for i in range(sections)),
+        }
         for parts in (html_parts, text_parts):
             names = [name for kind, name, _ in parts if kind != "lit"]
             if not set(names) <= known | {"P", "C"} or names.count("P") != sections:

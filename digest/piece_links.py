@@ -1,0 +1,48 @@
+"""A reader's feedback links filled into the paper pieces (digest/blocks.py) of their email.
+
+Every reader's links are their own, so the holes are filled per email, as text, with the URL
+as the HTML serializer writes an `<a href>` value (`_href`): the block stays shared, and an
+email costs one itsdangerous signature and two HMACs per paper (digest/feedback_links.py).
+"""
+
+from __future__ import annotations
+
+import re
+
+from digest.blocks import _html_attr, _Part, _part, _Piece
+
+_PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
+LINK_HOLES = ("\x00M", "\x00L")  # a piece's feedback links, filled per reader (`linked`)
+
+
+def _href(url: str) -> str:
+    """`url` as the HTML serializer writes an `<a href>` value, with its quotes (uncached:
+    every reader's links are their own)."""
+    if _PLAIN_URL.fullmatch(url):
+        return f'"{url}"'
+    return _html_attr.__wrapped__("a", "href", url)
+
+
+def linked(piece: _Piece, more: str, less: str) -> _Piece:
+    """The piece with this reader's feedback links ("More like this", "Not for me")."""
+    html = dict(zip(LINK_HOLES, (_part(_href(more)), _part(_href(less))), strict=True))
+    text = dict(zip(LINK_HOLES, (_part(more), _part(less)), strict=True))
+
+    def put(
+        parts: tuple[str, ...], encoded: tuple[bytes, ...], fills: dict[str, _Part]
+    ) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
+        found = [fills.get(p) for p in parts]
+        return (
+            tuple(f[0] if f else p for f, p in zip(found, parts, strict=True)),
+            tuple(f[1] if f else e for f, e in zip(found, encoded, strict=True)),
+        )
+
+    extra = html[LINK_HOLES[0]][2] + html[LINK_HOLES[1]][2]
+    return _Piece(
+        *put(piece.html, piece.html_qp, html),
+        piece.html_size + extra,
+        *put(piece.html_compact, piece.html_compact_qp, html),
+        piece.html_compact_size + extra,
+        *put(piece.text, piece.text_qp, text),
+        *put(piece.text_compact, piece.text_compact_qp, text),
+    )
