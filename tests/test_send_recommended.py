@@ -111,6 +111,10 @@ def test_send_recommends_the_liked_topic_never_twice_and_leaves_others_unchanged
     without = install(tmp_path / "none", arxiv, smtp, public, [])
     assert without.run("send").returncode == 0
     grace_alone = parts(messages_to(smtp, GRACE)[0])
+    ada_alone = parts(messages_to(smtp, ADA)[0])[0]
+    assert HEADING not in ada_alone
+    # Her keyword section, ordered by her model, still holds every keyword match.
+    assert abs_ids(ada_alone) == keyword_ids
     smtp.messages.clear()
     fresh = install(tmp_path / "again", arxiv, smtp, public, liked)
     assert fresh.run("send").returncode == 0
