@@ -231,7 +231,7 @@ class Blocks:
         }
         text = {"K": fill(("TK", tags), lambda: ", ".join(tags))}
         if rec:
-            why = readable(entry.why or "")
+            why = entry.why or ""
             full["W"] = fill(("W", why), lambda: _html_text(why))
             text["W"] = fill(("TW", why), lambda: why)
         text_parts = _joined(skeleton.text, text)

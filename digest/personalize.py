@@ -18,6 +18,7 @@ import sqlite_utils
 
 from digest import outbox
 from digest.feedback_store import RunRecommender
+from digest.latex import readable
 from digest.match import Hit
 from digest.models import (
     AUTHORS_SECTION,
@@ -144,7 +145,7 @@ class Personalizer:
         entries = []
         for r in recs:
             closest = papers.get(r.closest_liked_id or "")
-            titles = {closest.id: closest.title} if closest is not None else {}
+            titles = {closest.id: readable(closest.title)} if closest is not None else {}
             why = r.why(titles) or "Recommended from the papers you liked"
             entries.append(Entry(papers[r.paper_id], (), why=why))
         self.recommended += len(entries)

@@ -137,7 +137,7 @@ def entry_view(entry: Entry, upvotes: int = 0, links: ReaderLinks | None = None)
         pdf_url=paper.pdf_url,
         upvotes=upvotes,
         recommended=entry.why is not None,
-        why=readable(entry.why or ""),
+        why=entry.why or "",  # already readable text (personalize.py)
         more_url=more,
         less_url=less,
     )
