@@ -51,7 +51,7 @@ from digest.blocks import (
 from digest.feedback_links import ReaderLinks
 from digest.mailer import qp_part_cached, qp_size, qp_weight
 from digest.models import Digest, RenderedEmail
-from digest.piece_links import linked
+from digest.piece_links import EmailLinks
 from digest.render import _email, _fit, _strings, render_at, render_reference, render_text
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,8 @@ class Renderer:
         blocks, upvotes, with_links = self.blocks, digest.upvotes, links is not None
         pieces = [blocks.piece(e, upvotes.get(e.paper.id, 0), with_links) for e in entries]
         if links is not None:  # this reader's links filled in: one HMAC per link
-            pieces = [
-                linked(piece, *links.urls(e.paper.id))
-                for piece, e in zip(pieces, entries, strict=True)
-            ]
+            mine = EmailLinks(links)
+            pieces = [mine.fill(p, e.paper.id) for p, e in zip(pieces, entries, strict=True)]
         full_sums = [0, *accumulate(p.html_size for p in pieces)]
         compact_sums: list[int] = []
         cache: dict[tuple[int, int], tuple[tuple[object, ...], _Layout, dict[str, str]]] = {}

@@ -88,8 +88,12 @@ class ReaderLinks:
         )
 
     def token(self, paper_id: str, letter: str) -> str:
+        return f"{self.signed}~{self.tail(paper_id, letter)}"
+
+    def tail(self, paper_id: str, letter: str) -> str:
+        """What follows `base + signed + "~"` in the link (the same start for every link)."""
         mac = _mac(self.key, self.subscriber, letter, paper_id)
-        return f"{self.signed}~{letter}~{paper_id.replace('/', '!')}~{mac}"
+        return f"{letter}~{paper_id.replace('/', '!')}~{mac}"
 
     def urls(self, paper_id: str) -> tuple[str, str]:
         return self.base + self.token(paper_id, "m"), self.base + self.token(paper_id, "n")

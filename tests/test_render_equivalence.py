@@ -13,6 +13,7 @@ from standins import load_papers
 
 from digest.assemble import Renderer
 from digest.feedback_links import ReaderLinks
+from digest.mailer import qp_part, qp_weight
 from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
 from digest.models import (
     RECOMMENDED_SECTION,
@@ -23,6 +24,7 @@ from digest.models import (
     Subscriber,
     TrendingPaper,
 )
+from digest.piece_links import _short
 from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
@@ -352,3 +354,13 @@ def test_the_section_shows_in_html_and_text_and_links_only_when_given() -> None:
     assert ">Your likes</a>" in email.html
     bare = render_reference(digest, sender=SENDER, budget=10**7)
     assert "More like this" not in bare.html + bare.text and "Your likes" not in bare.text
+
+
+def test_a_links_short_end_is_encoded_as_the_mailer_encodes_it() -> None:
+    links = ReaderLinks.make("https://d.example.org", "s3cret-0123456789abcdef", "a@b.org")
+    for paper_id in ("2401.00001", "hep-th/9901001", "math.AG/0101001"):
+        for letter in "mn":
+            for tail in (links.tail(paper_id, letter), links.tail(paper_id, letter) + '"'):
+                assert _short(tail) == (tail, qp_part(tail), qp_weight(tail))
+    for odd in (".x", "From x", "a=b", "x" * 80, "é"):
+        assert _short(odd) == (odd, qp_part(odd), qp_weight(odd))
