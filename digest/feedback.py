@@ -9,6 +9,8 @@
   (`POST /likes/<token>/remove`). A like from the likes column of subscribers.csv is removed
   from the file too.
 - A token not signed with DIGEST_SECRET (forged, altered, cut) gets a 400 page, nothing else.
+  The tokens are made and read in digest/feedback_links.py (one signature per reader, an HMAC
+  per reader, kind and paper), which the send path uses for the links of every email.
 """
 
 from __future__ import annotations
