@@ -36,11 +36,10 @@ def section(text: str) -> list[str]:
     return list(dict.fromkeys(re.findall(r"https://arxiv\.org/abs/([0-9]{4}\.[0-9]{4,5})", rest)))
 
 
-def likes_of(papers: list[Paper]) -> list[str]:
-    """Five reasoning papers (the oldest: the likes the reader gave earlier)."""
-    reasoning = topic(papers, "Reasoning")
-    chosen = [base_id(p["id"]) for p in reversed(papers) if base_id(p["id"]) in reasoning]
-    return chosen[:5]
+def likes_of(papers: list[Paper], name: str = "Reasoning") -> list[str]:
+    """Five papers of the seed topic `name` (the oldest: the likes the reader gave earlier)."""
+    found = topic(papers, name)
+    return [base_id(p["id"]) for p in reversed(papers) if base_id(p["id"]) in found][:5]
 
 
 def install(
@@ -167,3 +166,34 @@ def test_links_in_the_email_work_against_digest_serve(
         assert status == 200 and f"https://arxiv.org/abs/{ids[1]}" in page
     finally:
         server.stop()
+
+
+def test_a_readers_keyword_section_comes_best_first_by_their_likes(
+    tmp_path: Path, arxiv: ArxivStandin, smtp: SmtpStandin
+) -> None:
+    """Ada follows "reasoning" (papers of both seed topics match it) and likes reward-model
+    papers: in her section the reward-model ones move up; none is dropped."""
+    liked = likes_of(arxiv.papers, "Reward Model")
+    wanted = topic(arxiv.papers, "Reward Model")
+
+    def section_order(likes: list[str], name: str) -> list[str]:
+        home = tmp_path / name
+        home.mkdir()
+        digest = Digest(home, arxiv, smtp, {"DIGEST_HTML_BUDGET": "5000000"})
+        digest.write_subscribers(
+            f"email,name,keywords,likes\n{ADA},Ada,reasoning,{';'.join(likes)}\n"
+        )
+        assert digest.run("send", "--dry-run").returncode == 0
+        text = (home / "previews" / f"{ADA}.txt").read_text(encoding="utf-8")
+        text = text.split(HEADING, 1)[0]
+        return re.findall(r"Abstract: https://arxiv\.org/abs/([0-9]{4}\.[0-9]{4,5})", text)
+
+    by_date, by_model = section_order([], "plain"), section_order(liked, "liked")
+    assert sorted(by_date) == sorted(by_model) and by_date != by_model
+
+    def mean_rank(order: list[str]) -> float:
+        ranks = [n for n, pid in enumerate(order) if pid in wanted]
+        return sum(ranks) / len(ranks)
+
+    assert 3 <= len([p for p in by_date if p in wanted]) < len(by_date) - 3
+    assert mean_rank(by_model) < mean_rank(by_date) - 10  # 23 against 49 of 82 papers here
