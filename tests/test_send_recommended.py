@@ -75,6 +75,9 @@ def test_send_recommends_the_liked_topic_never_twice_and_leaves_others_unchanged
     # The liked papers the empty database lacked came by id, in one batched request.
     by_id = [r for r in arxiv.requests if r.params.get("id_list")]
     assert len(by_id) == 1 and set(by_id[0].params["id_list"].split(",")) >= set(liked)
+    # ...and the newest papers of the liked papers' categories came with the search.
+    searched = " ".join(r.params.get("search_query", "") for r in arxiv.requests)
+    assert "cat:" in searched
     [ada] = messages_to(smtp, ADA)
     text, html = parts(ada)
     recommended = section(text)
