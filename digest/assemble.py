@@ -48,8 +48,10 @@ from digest.blocks import (
     _Piece,
     _Slow,
 )
+from digest.feedback_links import ReaderLinks
 from digest.mailer import qp_part_cached, qp_size, qp_weight
 from digest.models import Digest, RenderedEmail
+from digest.piece_links import EmailLinks
 from digest.render import _email, _fit, _strings, render_at, render_reference, render_text
 
 log = logging.getLogger(__name__)
@@ -100,29 +102,32 @@ class Renderer:
     def _skeletons(self) -> dict[tuple[str, int, int], object]:
         return self.blocks.skeletons  # type: ignore[return-value]
 
-    def prepare(self, digests: Iterable[Digest]) -> None:
-        """Finish, in a few trips, the blocks these digests need (see `Blocks.prepare`)."""
-        self.blocks.prepare(digests)
+    def prepare(self, digests: Iterable[Digest], links: bool = False) -> None:
+        """Finish, in a few trips, the blocks these digests need (see `Blocks.prepare`;
+        `links`: with the readers' feedback links)."""
+        self.blocks.prepare(digests, links)
 
     def render(
         self,
         digest: Digest,
         unsubscribe_url: str | None = None,
+        links: ReaderLinks | None = None,
         *,
         preferences_url: str | None = None,
     ) -> RenderedEmail:
+        """The email; `links`: the reader's feedback links, on every paper and in the footer;
+        `preferences_url`: their preferences page, in the footer."""
         self.count += 1
+        urls = (unsubscribe_url, preferences_url)
         try:
-            email, layout_key = self._assemble(digest, unsubscribe_url, preferences_url)
+            email, layout_key = self._assemble(digest, urls, links)
         except _Slow:
-            return self._reference(digest, unsubscribe_url, preferences_url)
+            return self._reference(digest, urls, links)
         except Exception:  # a bug here must cost speed, never an email
             log.exception("assembling the email for %s failed", digest.subscriber.email)
-            return self._reference(digest, unsubscribe_url, preferences_url)
+            return self._reference(digest, urls, links)
         if self.count % self.verify_every == 0:  # a sample: the whole reference, budget search too
-            reference: RenderedEmail | None = self._reference(
-                digest, unsubscribe_url, preferences_url
-            )
+            reference: RenderedEmail | None = self._reference(digest, urls, links)
         elif layout_key not in self._verified:  # the first of its layout: the reference at the
             # same choice of papers (one trip; the choice itself is a sum of these pieces' sizes)
             reference = render_at(
@@ -132,6 +137,7 @@ class Renderer:
                 sender=self.sender,
                 unsubscribe_url=unsubscribe_url,
                 preferences_url=preferences_url,
+                links=links,
             )
         else:
             reference = None
@@ -144,14 +150,18 @@ class Renderer:
         return email
 
     def _reference(
-        self, digest: Digest, unsubscribe_url: str | None, preferences_url: str | None
+        self,
+        digest: Digest,
+        urls: tuple[str | None, str | None],
+        links: ReaderLinks | None,
     ) -> RenderedEmail:
         return render_reference(
             digest,
             sender=self.sender,
             budget=self.budget,
-            unsubscribe_url=unsubscribe_url,
-            preferences_url=preferences_url,
+            unsubscribe_url=urls[0],
+            preferences_url=urls[1],
+            links=links,
         )
 
     def _mismatch(
@@ -177,12 +187,17 @@ class Renderer:
         )
 
     def _assemble(
-        self, digest: Digest, unsubscribe_url: str | None, preferences_url: str | None
+        self,
+        digest: Digest,
+        urls: tuple[str | None, str | None],
+        links: ReaderLinks | None,
     ) -> tuple[RenderedEmail, tuple[object, ...]]:
         entries = digest.entries
-        pieces = [
-            self.blocks.piece(entry, digest.upvotes.get(entry.paper.id, 0)) for entry in entries
-        ]
+        blocks, upvotes, with_links = self.blocks, digest.upvotes, links is not None
+        pieces = [blocks.piece(e, upvotes.get(e.paper.id, 0), with_links) for e in entries]
+        if links is not None:  # this reader's links filled in: one HMAC per link
+            mine = EmailLinks(links)
+            pieces = [mine.fill(p, e.paper.id) for p, e in zip(pieces, entries, strict=True)]
         full_sums = [0, *accumulate(p.html_size for p in pieces)]
         compact_sums: list[int] = []
         cache: dict[tuple[int, int], tuple[tuple[object, ...], _Layout, dict[str, str]]] = {}
@@ -193,9 +208,7 @@ class Renderer:
             if (full, shown) not in cache:
                 if shown not in strings:
                     strings[shown] = _strings(digest, shown, self.sender)
-                cache[full, shown] = self._shape(
-                    digest, full, shown, strings[shown], (unsubscribe_url, preferences_url)
-                )
+                cache[full, shown] = self._shape(digest, full, shown, strings[shown], urls, links)
             return cache[full, shown]
 
         def size(full: int, shown: int) -> int:  # of the HTML part as encoded, not building it
@@ -237,7 +250,8 @@ class Renderer:
         full: int,
         shown: int,
         strings: dict[str, str],
-        links: tuple[str | None, str | None],
+        urls: tuple[str | None, str | None],
+        links: ReaderLinks | None = None,
     ) -> tuple[tuple[object, ...], _Layout, dict[str, str]]:
         """The layout and values of the email showing the first `shown` entries, the first
         `full` of them in full (`strings`: `render._strings` for `shown`)."""
@@ -249,11 +263,13 @@ class Renderer:
             if in_full:
                 values[f"k{sections}"], values[f"n{sections}"] = section.keyword, str(in_full)
                 sections += 1
-        unsubscribe_url, preferences_url = links
+        unsubscribe_url, preferences_url = urls
         if unsubscribe_url is not None:
             values["unsubscribe"] = unsubscribe_url
         if preferences_url is not None:
             values["preferences"] = preferences_url
+        if links is not None:
+            values["likes"] = links.likes
         if any(self.blocks.mark in value for value in values.values()):
             raise _Slow
         layout_key = (
@@ -263,6 +279,7 @@ class Renderer:
             unsubscribe_url is not None,
             preferences_url is not None,
             digest.trending,
+            links is not None,
         )
         return layout_key, self._layout(layout_key), values
 
@@ -280,7 +297,7 @@ class Renderer:
         return layout
 
     def _make_layout(self, key: tuple[object, ...]) -> _Layout:
-        sections, compact, deferred, unsubscribe, preferences, trending = key
+        sections, compact, deferred, unsubscribe, preferences, trending, likes = key
         assert isinstance(sections, int) and isinstance(trending, tuple)
         slot = replace(
             _SENTINEL, title=Markup(self.blocks.m("slot")), title_text=self.blocks.m("slot")
@@ -300,6 +317,7 @@ class Renderer:
             deferred_line=self.blocks.m("deferred_line") if deferred else "",
             unsubscribe_url=self.blocks.m("unsubscribe") if unsubscribe else None,
             preferences_url=self.blocks.m("preferences") if preferences else None,
+            likes_url=self.blocks.m("likes") if likes else None,
             trending=trending,
         )
         html = self.blocks.trip(context)
@@ -313,7 +331,7 @@ class Renderer:
         text = text.replace(_paper_text(slot), self.blocks.m("P"))
         text = text.replace(_compact_text(slot), self.blocks.m("C"))
         html_parts, text_parts = self._parse(html, html=True), self._parse(text, html=False)
-        known = {*_VALUES, "unsubscribe", "preferences"}
+        known = {*_VALUES, "unsubscribe", "preferences", "likes"}
         known |= {f"{c}{i}" for c in "kn" for i in range(sections)}
         for parts in (html_parts, text_parts):
             names = [name for kind, name, _ in parts if kind != "lit"]

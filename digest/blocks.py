@@ -15,7 +15,7 @@ import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 from lxml import etree
 from markupsafe import Markup
@@ -126,51 +126,40 @@ class _Skeleton:
     text: tuple[_Part | str, ...]
     text_compact: tuple[_Part | str, ...]
 
-    @cached_property
-    def html_weight(self) -> int:  # of the literal parts
-        return sum(item[2] for item in self.html if isinstance(item, tuple))
 
-    @cached_property
-    def html_compact_weight(self) -> int:
-        return sum(item[2] for item in self.html_compact if isinstance(item, tuple))
-
-
+@dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block: its skeleton and what fills the holes; the
-    strings it is joined from (in full or in the compact list, HTML and text, each with its
-    quoted-printable encoding) are put together when first needed, and kept."""
+    """One reader's version of a paper block: the strings it is joined from, in full and in
+    the compact list, HTML and text, each with its quoted-printable encoding; HTML sizes.
+    With feedback links, the links are holes ("\x00M", "\x00L") until
+    `piece_links.EmailLinks.fill` fills them for one reader."""
 
-    __slots__ = ("_joined", "compact", "full", "html_compact_size", "html_size", "skeleton", "text")
-
-    def __init__(
-        self,
-        skeleton: _Skeleton,
-        full: dict[str, _Part],
-        compact: dict[str, _Part],
-        text: dict[str, _Part],
-    ) -> None:
-        self.skeleton, self.full, self.compact, self.text = skeleton, full, compact, text
-        self.html_size = skeleton.html_weight + sum(part[2] for part in full.values())
-        self.html_compact_size = skeleton.html_compact_weight + sum(
-            part[2] for part in compact.values()
-        )
-        self._joined: dict[str, tuple[tuple[str, ...], tuple[bytes, ...]]] = {}
+    html: tuple[str, ...]
+    html_qp: tuple[bytes, ...]
+    html_size: int
+    html_compact: tuple[str, ...]
+    html_compact_qp: tuple[bytes, ...]
+    html_compact_size: int
+    text: tuple[str, ...]
+    text_qp: tuple[bytes, ...]
+    text_compact: tuple[str, ...]
+    text_compact_qp: tuple[bytes, ...]
 
     def parts(self, kind: str) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
         """The strings of this block (`kind`: html, html_compact, text, text_compact) and
         their quoted-printable encodings."""
-        found = self._joined.get(kind)
-        if found is None:
-            fills = {"html": self.full, "html_compact": self.compact}.get(kind, self.text)
-            items = [
-                item if isinstance(item, tuple) else fills[item]
-                for item in getattr(self.skeleton, kind)
-            ]
-            found = self._joined[kind] = (
-                tuple(p[0] for p in items),
-                tuple(p[1] for p in items),
-            )
-        return found
+        return getattr(self, kind), getattr(self, kind + "_qp")
+
+
+def _joined(
+    holes: tuple[_Part | str, ...], fills: dict[str, _Part]
+) -> tuple[tuple[str, ...], tuple[bytes, ...], int]:
+    """A skeleton's parts with its holes filled: the strings, their encodings, the size."""
+    parts = [
+        item if isinstance(item, tuple) else fills.get(item) or ("\x00" + item, b"", 0)
+        for item in holes
+    ]
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
 
 
 class Blocks:
@@ -182,12 +171,12 @@ class Blocks:
     def __init__(self) -> None:
         self.mark = f"@@{secrets.token_hex(6)}x"
         self.marks = re.compile(re.escape(self.mark) + r"(\w+?)@@")
-        self.skeletons: dict[tuple[str, int, int], _Skeleton | None] = {}
+        self.skeletons: dict[tuple[str, int, int, bool, bool], _Skeleton | None] = {}
         # What fills the holes (a title highlighted one way, a set of tags...), by what it
         # depends on; and each entry's finished piece, by the Entry object itself (planning
         # shares entries between readers).
         self.fills: dict[tuple[object, ...], _Part] = {}
-        self._keys: dict[tuple[int, int], tuple[Entry, _Piece]] = {}
+        self._keys: dict[tuple[int, int, bool], tuple[Entry, _Piece]] = {}
         self._prototype: dict[str, str] | None = None
         self.trips = 0
 
@@ -200,18 +189,21 @@ class Blocks:
         self.trips += 1
         return render_html(context)
 
-    def piece(self, entry: Entry, upvotes: int) -> _Piece:
-        """This reader's version of the entry's block (`upvotes`: its trending badge)."""
-        known = self._keys.get((id(entry), upvotes))
+    def piece(self, entry: Entry, upvotes: int, links: bool = False) -> _Piece:
+        """This reader's version of the entry's block (`upvotes`: its trending badge; `links`:
+        with feedback links, left as holes for `linked`)."""
+        known = self._keys.get((id(entry), upvotes, links))
         if known is not None and known[0] is entry:
             return known[1]
         paper = entry.paper
-        skeleton = self.skeletons.get((paper.id, paper.version, upvotes))
+        rec = entry.why is not None
+        key = (paper.id, paper.version, upvotes, rec, links)
+        skeleton = self.skeletons.get(key)
         if skeleton is None or skeleton.paper != paper:
-            self.prepare_papers([(paper, upvotes)])
-            skeleton = self.skeletons.get((paper.id, paper.version, upvotes))
+            self.prepare_papers([(paper, upvotes, rec, links)])
+            skeleton = self.skeletons.get(key)
         tags = (*entry.keywords, *(f"by {author}" for author in entry.authors))
-        if skeleton is None or skeleton.paper != paper or not tags:
+        if skeleton is None or skeleton.paper != paper or bool(tags) == rec:
             raise _Slow
         ident = (paper.id, paper.version)
         title, abstract = entry.title_spans, entry.abstract_spans
@@ -243,10 +235,24 @@ class Blocks:
             "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
         }
         text = {"K": fill(("TK", tags), lambda: ", ".join(tags))}
-        piece = _Piece(skeleton, full, compact, text)
+        if rec:
+            why = entry.why or ""
+            full["W"] = fill(("W", why), lambda: _html_text(why))
+            text["W"] = fill(("TW", why), lambda: why)
+        text_parts = _joined(skeleton.text, text)
+        text_compact = _joined(skeleton.text_compact, text)
+        piece = _Piece(
+            *_joined(skeleton.html, full),
+            *_joined(skeleton.html_compact, compact),
+            *text_parts[:2],
+            *text_compact[:2],
+        )
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()
-        self._keys[id(entry), upvotes] = (entry, piece)  # the entry kept: its id stays its own
+        self._keys[id(entry), upvotes, links] = (
+            entry,
+            piece,
+        )  # the entry kept: its id stays its own
         return piece
 
     def _fill(self, key: tuple[object, ...], make: Callable[[], str]) -> _Part:
@@ -258,20 +264,23 @@ class Blocks:
             found = self.fills[key] = _part(make())
         return found
 
-    def _view(self, paper: Paper, upvotes: int) -> EntryView:
-        view = entry_view(Entry(paper, (self.m("K"),)), upvotes)
+    def _view(self, paper: Paper, upvotes: int, rec: bool, links: bool) -> EntryView:
+        entry = Entry(paper, (), why=self.m("W")) if rec else Entry(paper, (self.m("K"),))
+        view = entry_view(entry, upvotes)
+        if links:
+            view = replace(view, more_url=self.m("M"), less_url=self.m("L"))
         return replace(view, title=Markup(self.m("T")), abstract=Markup(self.m("A")))
 
-    def prepare(self, digests: Iterable[Digest]) -> None:
+    def prepare(self, digests: Iterable[Digest], links: bool = False) -> None:
         """Finish, in a few trips, the block of every paper these digests show that is not
         ready yet (optional: `render` finishes what is missing itself, one trip each)."""
-        wanted: dict[tuple[str, int, int], tuple[Paper, int]] = {}
+        wanted: dict[tuple[str, int, int, bool, bool], tuple[Paper, int, bool, bool]] = {}
         for digest in digests:
             for entry in digest.entries:
                 paper, upvotes = entry.paper, digest.upvotes.get(entry.paper.id, 0)
-                key = (paper.id, paper.version, upvotes)
+                key = (paper.id, paper.version, upvotes, entry.why is not None, links)
                 if key not in self.skeletons and key not in wanted:
-                    wanted[key] = (paper, upvotes)
+                    wanted[key] = (paper, upvotes, key[3], links)
         batch = list(wanted.values())
         for start in range(0, len(batch), PAPERS_PER_TRIP):
             try:
@@ -279,26 +288,30 @@ class Blocks:
             except Exception:  # each email then finishes (or renders in full) on its own
                 log.exception("rendering a batch of paper blocks failed")
 
-    def prepare_papers(self, papers: Sequence[tuple[Paper, int]]) -> None:
+    def prepare_papers(self, papers: Sequence[tuple[Paper, int, bool, bool]]) -> None:
         """Finish these papers' blocks, in full and in the compact list, in one document
         through the whole template; then cut each block out and mark its holes."""
-        views = [self._view(paper, upvotes) for paper, upvotes in papers]
+        views = [self._view(*paper) for paper in papers]
         html = self.trip(self._context(views, views))
         blocks = _cut(html, _PAPER_START, _PAPER_END)
         lo, hi = _compact_range(html)
         items = _cut(html, _ITEM_START, _ITEM_END, lo, hi)
         if len(blocks) != len(views) or len(items) != len(views):
             raise _Slow
-        for (paper, upvotes), view, block, item in zip(papers, views, blocks, items, strict=True):
-            key = (paper.id, paper.version, upvotes)
+        for (paper, upvotes, rec, links), view, block, item in zip(
+            papers, views, blocks, items, strict=True
+        ):
+            key = (paper.id, paper.version, upvotes, rec, links)
+            ml = "ML" if links else ""
             try:
+                whole = html[block[0] : block[1]]
                 self.skeletons[key] = _Skeleton(
                     paper=paper,
                     abstract=shorten(readable(paper.abstract), ABSTRACT_CHARS),
-                    html=self._holes(self._tags_hole(html[block[0] : block[1]]), "TGA"),
-                    html_compact=self._holes(html[item[0] : item[1]], "TK"),
-                    text=self._holes(_paper_text(view), "K"),
-                    text_compact=self._holes(_compact_text(view), "K"),
+                    html=self._holes(whole if rec else self._tags_hole(whole), _expect(rec, ml)),
+                    html_compact=self._holes(html[item[0] : item[1]], ("T" if rec else "TK") + ml),
+                    text=self._holes(_paper_text(view), ("W" if rec else "K") + ml),
+                    text_compact=self._holes(_compact_text(view), ("" if rec else "K") + ml),
                 )
             except _Slow:
                 self.skeletons[key] = None
@@ -319,11 +332,16 @@ class Blocks:
         cursor = 0
         names = []
         for found in self.marks.finditer(source):
-            if found.start() > cursor:
-                out.append(_part(source[cursor : found.start()]))
+            start, end = found.start(), found.end()
+            if found[1] in "ML" and source[start - 1 : start] == '"':  # an attribute value:
+                if source[end : end + 1] != '"':  # the fill brings its own quotes (`_href`)
+                    raise _Slow
+                start, end = start - 1, end + 1
+            if start > cursor:
+                out.append(_part(source[cursor:start]))
             out.append(found[1])
             names.append(found[1])
-            cursor = found.end()
+            cursor = end
         if cursor < len(source):
             out.append(_part(source[cursor:]))
         if "".join(names) != expected:
@@ -359,11 +377,17 @@ class Blocks:
             compact=compact,
             deferred_line="",
             unsubscribe_url=None,
+            likes_url=None,
             trending=(),
         )
         return context
 
     # Layouts -------------------------------------------------------------------------------
+
+
+def _expect(rec: bool, links: str) -> str:
+    """The holes of a block in full: title, tags (or the recommendation's why), abstract."""
+    return ("TAW" if rec else "TGA") + links
 
 
 _SENTINEL = EntryView(

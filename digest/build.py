@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
+from digest import feedback_links
 from digest.assemble import Renderer
 from digest.config import Settings
 from digest.dkim import Signer
@@ -58,7 +59,9 @@ class Builder:
     def prepare(self, digests: Iterable[Digest]) -> None:
         """Finish the paper blocks a batch of subscribers needs, in one go."""
         started = time.perf_counter()
-        self.renderer.prepare(digests)
+        self.renderer.prepare(
+            digests, links=bool(self.settings.public_url and self.settings.secret)
+        )
         self.timings.blocks_s += time.perf_counter() - started
         self.timings.trips = self.renderer.trips
 
@@ -81,9 +84,12 @@ class Builder:
         started = time.perf_counter()
         person = digest.subscriber
         link = self.unsubscribe_link(person)
+        links = feedback_links.for_reader(
+            self.settings.public_url, self.settings.secret, person.key
+        )
         try:
             rendered = self.renderer.render(
-                digest, link, preferences_url=preferences_url(self.settings, person)
+                digest, link, links, preferences_url=preferences_url(self.settings, person)
             )
         except Exception as exc:  # a template or data bug must skip one subscriber, not the run
             log.exception("rendering the digest for %s failed", person.email)

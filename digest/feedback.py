@@ -9,6 +9,8 @@
   (`POST /likes/<token>/remove`). A like from the likes column of subscribers.csv is removed
   from the file too.
 - A token not signed with DIGEST_SECRET (forged, altered, cut) gets a 400 page, nothing else.
+  The tokens are made and read in digest/feedback_links.py (one signature per reader, an HMAC
+  per reader, kind and paper), which the send path uses for the links of every email.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ import sqlite_utils
 from flask import Blueprint, Response, render_template_string, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from digest import feedback_store, roster, store, subscribers
+from digest import feedback_links, feedback_store, roster, store, subscribers
 from digest.config import Settings
 from digest.errors import DigestError
+from digest.feedback_links import LIKES_SALT
 from digest.models import Paper, Subscriber
 
 log = logging.getLogger(__name__)
 
-FEEDBACK_SALT = "digest.feedback"
-LIKES_SALT = "digest.likes"
 KINDS = {"more": "like", "less": "dislike"}  # link kind -> what is recorded
 BUTTONS = {"like": "More like this", "dislike": "Not for me"}
 
@@ -103,33 +104,22 @@ PAGE = """<!doctype html>
 """
 
 
-def _serializer(secret: str, salt: str) -> URLSafeSerializer:
-    return URLSafeSerializer(secret, salt=salt)
-
-
 def make_feedback_token(secret: str, subscriber_key: str, paper_id: str, kind: str) -> str:
-    return str(_serializer(secret, FEEDBACK_SALT).dumps([subscriber_key, paper_id, kind]))
+    return feedback_links.token(secret, subscriber_key, paper_id, kind)
 
 
 def read_feedback_token(secret: str, token: str) -> tuple[str, str, str] | None:
     """(subscriber key, paper id, like|dislike), or None when we did not sign it."""
-    try:
-        value = _serializer(secret, FEEDBACK_SALT).loads(token)
-    except BadSignature:
-        return None
-    if not (isinstance(value, list) and len(value) == 3 and all(isinstance(v, str) for v in value)):
-        return None
-    key, paper_id, kind = value
-    return (key, paper_id, kind) if key and paper_id and kind in BUTTONS else None
+    return feedback_links.read(secret, token)
 
 
 def make_likes_token(secret: str, subscriber_key: str) -> str:
-    return str(_serializer(secret, LIKES_SALT).dumps(subscriber_key))
+    return feedback_links.likes_token(secret, subscriber_key)
 
 
 def read_likes_token(secret: str, token: str) -> str | None:
     try:
-        key = _serializer(secret, LIKES_SALT).loads(token)
+        key = URLSafeSerializer(secret, salt=LIKES_SALT).loads(token)
     except BadSignature:
         return None
     return key if isinstance(key, str) and key else None
@@ -140,21 +130,14 @@ def feedback_urls(
 ) -> tuple[str, str] | None:
     """("More like this" URL, "Not for me" URL) for this reader and paper, under
     DIGEST_PUBLIC_URL; None unless DIGEST_PUBLIC_URL and DIGEST_SECRET are both set."""
-    if not (settings.public_url and settings.secret):
-        return None
-    base = settings.public_url.rstrip("/") + "/feedback/"
-    return (
-        base + make_feedback_token(settings.secret, subscriber.key, paper_id, "like"),
-        base + make_feedback_token(settings.secret, subscriber.key, paper_id, "dislike"),
-    )
+    links = feedback_links.for_reader(settings.public_url, settings.secret, subscriber.key)
+    return None if links is None else links.urls(paper_id)
 
 
 def likes_url(settings: Settings, subscriber: Subscriber) -> str | None:
     """The reader's "your likes" page, or None without DIGEST_PUBLIC_URL and DIGEST_SECRET."""
-    if not (settings.public_url and settings.secret):
-        return None
-    token = make_likes_token(settings.secret, subscriber.key)
-    return f"{settings.public_url.rstrip('/')}/likes/{token}"
+    links = feedback_links.for_reader(settings.public_url, settings.secret, subscriber.key)
+    return None if links is None else links.likes
 
 
 def blueprint(settings: Settings) -> Blueprint:

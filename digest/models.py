@@ -82,6 +82,9 @@ class Subscriber:
 AUTHORS_SECTION = "Authors you follow"
 """The section of papers that matched a followed author but none of the keywords."""
 
+RECOMMENDED_SECTION = "Recommended for you"
+"""The last section: papers the reader's model picked from their likes (issue 13)."""
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -93,9 +96,12 @@ class Entry:
     abstract_spans: tuple[Span, ...] = ()
 
     authors: tuple[str, ...] = ()  # the followed authors who wrote it, as the subscriber wrote them
+    why: str | None = None  # recommended (not a keyword match): the one line saying why
 
     @property
     def section(self) -> str:
+        if self.why is not None:
+            return RECOMMENDED_SECTION
         return self.keywords[0] if self.keywords else AUTHORS_SECTION
 
 

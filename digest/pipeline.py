@@ -23,7 +23,7 @@ from pathlib import Path
 import filelock
 import sqlite_utils
 
-from digest import announce, outbox, plan, runlog, store, subscribers
+from digest import announce, feedback_store, outbox, plan, runlog, store, subscribers
 from digest import fetch as fetch_stage
 from digest import trending as trending_stage
 from digest.build import Builder, BuildFailed, Previews
@@ -32,6 +32,7 @@ from digest.dispatch import Dispatcher
 from digest.errors import DigestError
 from digest.match import distinct_keywords, is_due
 from digest.models import Digest, Paper, Subscriber, subscriber_key
+from digest.personalize import Personalizer
 from digest.report import Outcome, RunReport, Timings
 from digest.subscribers import DAY_NAMES
 
@@ -163,6 +164,7 @@ class _Run:
     ) -> None:
         report, db = self.report, self.db
         report.subscribers = len(people)
+        self.likes = {p.key: p.likes for p in people}  # the likes column, for every reader
         pending = [] if report.dry_run else outbox.pending_emails(db)
         if on_start:
             on_start(len(pending) + len(people))
@@ -256,8 +258,20 @@ class _Run:
         return True
 
     def _fetch(self, due: list[Subscriber], since: datetime) -> list[Paper]:
-        s, report = self.settings, self.report
+        s, report, db = self.settings, self.report, self.db
         started = time.perf_counter()
+        # Readers' likes first: liked papers the database lacks, by id, for every reader at
+        # once; then the newest papers of the liked papers' categories come with the search.
+        feedback_store.sync_csv_likes(db, self.likes)
+        liked = fetch_stage.fetch_ids(
+            feedback_store.liked_ids_missing(db),
+            url=s.arxiv_url,
+            delay=s.arxiv_delay,
+            timeout=s.arxiv_timeout,
+            retries=s.arxiv_retries,
+            backoff=s.retry_backoff,
+        )
+        store.save_papers(db, liked.papers)
         fetched = fetch_stage.fetch(
             distinct_keywords(due),
             url=s.arxiv_url,
@@ -268,8 +282,10 @@ class _Run:
             backoff=s.retry_backoff,
             page_size=s.arxiv_page_size,
             authors=plan.followed_authors(due),
+            categories=feedback_store.liked_categories(db),
         )
-        report.papers_fetched, report.arxiv_requests = len(fetched.papers), fetched.requests
+        report.papers_fetched = len(fetched.papers)
+        report.arxiv_requests = fetched.requests + liked.requests
         store.save_papers(self.db, fetched.papers)
         self.timings.fetch_s = time.perf_counter() - started
         report.warnings.extend(_check_fetch(self.db, report.run_id or 0, fetched.papers, self.now))
@@ -278,13 +294,25 @@ class _Run:
     def _send_new(self, dest: Dispatcher | Previews, due: list[Subscriber]) -> None:
         s, db = self.settings, self.db
         win = plan.windows(db, due, self.now, s.lookback_days)
-        self._fetch(due, win.earliest)
+        fetched = self._fetch(due, win.earliest)
         board = trending_stage.refresh(db, s, self.day, self.report.run_id or 0)
         if isinstance(dest, Dispatcher):
             dest.connect(refresh=True)  # the connection may have idled out during the fetch
         started = time.perf_counter()
         planner = plan.Planner(db, due, win, self.day, board, s.trending_top)
         self.timings.match_s = time.perf_counter() - started
+        started = time.perf_counter()
+        rec = feedback_store.prepare(db, self.likes, [p.key for p in due], fetched, self.now)
+        personal = Personalizer(
+            db,
+            rec,
+            fetched,
+            win,
+            planner.hits,
+            top=s.recommend_top,
+            min_likes=s.recommend_min_likes,
+        )
+        self.timings.recommend_s = time.perf_counter() - started
         suspended = {} if self.report.dry_run else store.suspensions(db)
         with _frozen_heap():  # papers, hits and subscribers live until the loop ends
             for start in range(0, len(due), plan.CHUNK):
@@ -292,6 +320,9 @@ class _Run:
                 began = time.perf_counter()
                 planned = planner.plan([p for p in chunk if p.key not in suspended])
                 self.timings.match_s += time.perf_counter() - began
+                began = time.perf_counter()
+                planned = personal.apply(planned, chunk)
+                self.timings.recommend_s += time.perf_counter() - began
                 self.builder.prepare(planned.values())
                 for index, person in enumerate(chunk, start=start):
                     if self._stop_here(len(due) - index):
@@ -299,6 +330,7 @@ class _Run:
                     self._one(dest, person, planned.pop(person.key, None), suspended)
                 if self.report.stopped:
                     break
+        rec.save(db)  # the models fitted in this run: not fitted again until feedback changes
         dest.drain()
         if not self.report.stopped and not getattr(dest, "withdrawn", 0):
             dest.finish_retries()  # stopping: refused-for-now emails stay pending, owed

@@ -25,9 +25,10 @@ import premailer
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
+from digest.feedback_links import ReaderLinks
 from digest.latex import readable, readable_spans
 from digest.mailer import qp_size, qp_weight
-from digest.models import Digest, Entry, RenderedEmail, Span
+from digest.models import RECOMMENDED_SECTION, Digest, Entry, RenderedEmail, Span
 from digest.tidy import without_zero_fonts
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class EntryView:
     abs_url: str
     pdf_url: str
     upvotes: int = 0  # on Hugging Face's daily papers today; 0: not trending
+    recommended: bool = False  # in "Recommended for you" (no keyword tags; a "why" line)
+    why: str = ""
+    more_url: str | None = None  # the reader's feedback links (with DIGEST_PUBLIC_URL/SECRET)
+    less_url: str | None = None
 
 
 def highlight(text: str, spans: Sequence[Span]) -> Markup:
@@ -111,8 +116,9 @@ def author_line(authors: Sequence[str]) -> str:
     return f"{', '.join(authors[:MAX_AUTHORS])} et al. ({len(authors)} authors)"
 
 
-def entry_view(entry: Entry, upvotes: int = 0) -> EntryView:
+def entry_view(entry: Entry, upvotes: int = 0, links: ReaderLinks | None = None) -> EntryView:
     paper = entry.paper
+    more, less = links.urls(paper.id) if links is not None else (None, None)
     title, title_spans = readable_spans(paper.title, entry.title_spans)  # LaTeX as text
     whole, abstract_spans = readable_spans(paper.abstract, entry.abstract_spans)
     abstract = shorten(whole, ABSTRACT_CHARS)
@@ -130,14 +136,21 @@ def entry_view(entry: Entry, upvotes: int = 0) -> EntryView:
         abs_url=paper.abs_url,
         pdf_url=paper.pdf_url,
         upvotes=upvotes,
+        recommended=entry.why is not None,
+        why=entry.why or "",  # already readable text (personalize.py)
+        more_url=more,
+        less_url=less,
     )
 
 
 def subject_line(digest: Digest) -> str:
     count = len(digest.entries)
     papers = "1 new paper" if count == 1 else f"{count} new papers"
-    keywords = ", ".join(section.keyword for section in digest.sections)
-    subject = f"arXiv digest {_short_day(digest.day)}: {papers} on {keywords}"
+    headings = [s.keyword for s in digest.sections if s.keyword != RECOMMENDED_SECTION]
+    if headings:
+        subject = f"arXiv digest {_short_day(digest.day)}: {papers} on {', '.join(headings)}"
+    else:  # only recommendations
+        subject = f"arXiv digest {_short_day(digest.day)}: {papers} recommended for you"
     return " ".join(subject.split())  # never a line break in a header
 
 
@@ -145,7 +158,7 @@ def _strings(digest: Digest, shown: int, sender: str) -> dict[str, str]:
     """The per-email text outside the paper blocks, as whole strings (the assembling renderer
     fills these into a layout; the reference renders them through the template)."""
     entries = digest.entries[:shown]
-    count, deferred = len(entries), len(digest.entries) - shown
+    deferred = len(digest.entries) - shown
     person = digest.subscriber
     following = "; ".join(person.keywords)
     if person.authors:
@@ -154,8 +167,7 @@ def _strings(digest: Digest, shown: int, sender: str) -> dict[str, str]:
         "subject": subject_line(digest),
         "preview": "; ".join(readable(entry.paper.title) for entry in entries[:3]),
         "day": _long_day(digest.day),
-        "summary": f"{count} new paper{'s' if count != 1 else ''} for "
-        f"{len(digest.sections)} of your keywords",
+        "summary": _summary(digest, entries),
         "deferred_line": f"{deferred} more paper{'s' if deferred != 1 else ''} did not fit in "
         f"this email; they will follow in your next digest."
         if deferred
@@ -165,6 +177,18 @@ def _strings(digest: Digest, shown: int, sender: str) -> dict[str, str]:
         "following": following,
         "sender_address": _address(sender),
     }
+
+
+def _summary(digest: Digest, entries: Sequence[Entry]) -> str:
+    """ "12 new papers for 3 of your keywords" (", 2 recommended for you" when some are)."""
+    recommended = sum(1 for entry in entries if entry.why is not None)
+    count = len(entries) - recommended
+    sections = sum(1 for s in digest.sections if s.keyword != RECOMMENDED_SECTION)
+    mine = f"{recommended} recommended for you"
+    if not count and recommended:
+        return mine
+    summary = f"{count} new paper{'s' if count != 1 else ''} for {sections} of your keywords"
+    return f"{summary}, {mine}" if recommended else summary
 
 
 @lru_cache(maxsize=64)
@@ -204,8 +228,11 @@ def _context(
     sender: str,
     unsubscribe_url: str | None = None,
     preferences_url: str | None = None,
+    links: ReaderLinks | None = None,
 ) -> dict[str, object]:
-    views = {e.paper.id: entry_view(e, digest.upvotes.get(e.paper.id, 0)) for e in digest.entries}
+    views = {
+        e.paper.id: entry_view(e, digest.upvotes.get(e.paper.id, 0), links) for e in digest.entries
+    }
     sections, compact = _split(digest, full, shown)
     return {
         **_strings(digest, shown, sender),
@@ -216,6 +243,7 @@ def _context(
         "compact": [views[e.paper.id] for e in compact],
         "unsubscribe_url": unsubscribe_url,
         "preferences_url": preferences_url,
+        "likes_url": links.likes if links is not None else None,
         "trending": digest.trending,
     }
 
@@ -246,6 +274,7 @@ def render_reference(
     budget: int,
     unsubscribe_url: str | None = None,
     preferences_url: str | None = None,
+    links: ReaderLinks | None = None,
 ) -> RenderedEmail:
     """The email for `digest`, its HTML kept under `budget` bytes, rendered the straightforward
     way: the whole template through Jinja, MJML and premailer for this one subscriber.
@@ -258,7 +287,7 @@ def render_reference(
 
     def attempt(full: int, shown: int) -> tuple[str, dict[str, object]]:
         if (full, shown) not in attempts:
-            context = _context(digest, full, shown, sender, unsubscribe_url, preferences_url)
+            context = _context(digest, full, shown, sender, unsubscribe_url, preferences_url, links)
             attempts[full, shown] = render_html(context), context
         return attempts[full, shown]
 
@@ -278,10 +307,11 @@ def render_at(
     sender: str,
     unsubscribe_url: str | None = None,
     preferences_url: str | None = None,
+    links: ReaderLinks | None = None,
 ) -> RenderedEmail:
     """The email `render_reference` gives when its budget leads to showing the first `shown`
     papers, the first `full` of them in full: the same straightforward rendering, one try."""
-    context = _context(digest, full, shown, sender, unsubscribe_url, preferences_url)
+    context = _context(digest, full, shown, sender, unsubscribe_url, preferences_url, links)
     return _email(digest, render_html(context), render_text(context), full, shown)
 
 

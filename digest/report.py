@@ -79,6 +79,7 @@ class Timings:
     assembled: int = 0  # emails joined from finished pieces
     rendered_in_full: int = 0  # emails the renderer had to render the slow way
     trips: int = 0  # trips through MJML and premailer (blocks, prototype, layouts)
+    recommend_s: float = 0.0  # readers' models: prepared, sections reordered, recommendations
 
     def started_sending(self) -> None:
         if self.send_started is None:
@@ -104,5 +105,6 @@ class Timings:
                 "assembled": self.assembled,
                 "rendered_in_full": self.rendered_in_full,
                 "mjml_trips": self.trips,
+                "recommend_s": round(self.recommend_s, 4),
             }
         )

@@ -56,5 +56,38 @@ def main() -> None:
             print(screenshot(html, DOCS / name, width, height, dark=dark))
 
 
+def recommended() -> None:
+    """An email with "Recommended for you": Ada follows "graph neural network" and liked five
+    reasoning papers (the likes column); the feedback links are on (DIGEST_PUBLIC_URL/SECRET)."""
+    papers = recent(load_papers())
+    reasoning = [
+        p["id"].rsplit("v", 1)[0] for p in reversed(papers) if p["keywords"] == ["Reasoning"]
+    ]
+    with (
+        tempfile.TemporaryDirectory() as home,
+        ArxivStandin(papers) as arxiv,
+        SmtpStandin() as smtp,
+    ):
+        digest = Digest(
+            Path(home),
+            arxiv,
+            smtp,
+            {
+                "DIGEST_PUBLIC_URL": "https://digest.example.org",
+                "DIGEST_SECRET": "screenshot-secret-0123456789",
+            },
+        )
+        digest.write_subscribers(
+            "email,name,keywords,likes\n"
+            f"ada@example.org,Ada,graph neural network,{';'.join(reasoning[:5])}\n"
+        )
+        result = digest.run("send", "--dry-run")
+        if result.returncode != 0:
+            sys.exit(result.stderr)
+        html = Path(home) / "previews" / "ada@example.org.html"
+        print(screenshot(html, DOCS / "digest-recommended.png", 600, 0))
+
+
 if __name__ == "__main__":
     main()
+    recommended()

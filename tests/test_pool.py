@@ -154,6 +154,7 @@ def test_each_run_records_its_stage_timings_and_status_shows_the_last(digest: Di
         "assembled",
         "rendered_in_full",
         "mjml_trips",
+        "recommend_s",
     }
     assert timings["emails"] == 30
     # Every email was joined from pieces rendered once for the run, none rendered in full.

@@ -12,8 +12,19 @@ import pytest
 from standins import load_papers
 
 from digest.assemble import Renderer
+from digest.feedback_links import ReaderLinks
+from digest.mailer import qp_part, qp_weight
 from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
-from digest.models import Digest, Paper, Subscriber, TrendingPaper
+from digest.models import (
+    RECOMMENDED_SECTION,
+    Digest,
+    Entry,
+    Paper,
+    Section,
+    Subscriber,
+    TrendingPaper,
+)
+from digest.piece_links import _short
 from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
@@ -258,3 +269,100 @@ def test_prepare_finishes_every_block_a_batch_needs_up_front() -> None:
     assert len(renderer._skeletons) == ready  # no email had to finish a block of its own
     assert renderer.trips == trips + 1 + len(renderer._layouts)  # the prototype, the layouts
     assert renderer.assembled == renderer.count == len(digests)
+
+
+# Issue 13: "Recommended for you" and the readers' feedback links -----------------------------
+
+
+def _recommended(digests: list[Digest], papers: list[Paper], hostile: bool = False) -> list[Digest]:
+    """The digests, every other one with a "Recommended for you" section of papers not in its
+    keyword sections (each with its own "why", some hostile), some of them only that."""
+    out = []
+    for n, digest in enumerate(digests):
+        if n % 2:
+            out.append(digest)
+            continue
+        shown = set(digest.paper_ids)
+        pool = [p for p in papers[n:] if p.id not in shown][: 1 + n % 5]
+        why = 'Close to "<b>A & B</b> \u201cé\u201d", which you liked' if hostile else "Close to x"
+        entries = tuple(
+            Entry(p, (), why=f"{why}; words: w{n}, {p.id}") for p in pool if p.id not in shown
+        )
+        sections = (*digest.sections, Section(RECOMMENDED_SECTION, entries))
+        if n % 6 == 4:
+            sections = (Section(RECOMMENDED_SECTION, entries),)  # only recommendations
+        out.append(replace(digest, sections=sections))
+    return out
+
+
+def _check_links(
+    digests: list[Digest], budget: int, public: str, renderer: Renderer | None = None
+) -> Renderer:
+    renderer = renderer or Renderer(sender=SENDER, budget=budget, verify_every=10**9)
+    renderer.prepare(digests, links=True)
+    for n, digest in enumerate(digests):
+        links = ReaderLinks.make(public, "s3cret", digest.subscriber.key)
+        url = f"{public}/unsubscribe/tok{n}"
+        expected = render_reference(
+            digest, sender=SENDER, budget=budget, unsubscribe_url=url, links=links
+        )
+        got = renderer.render(digest, url, links)
+        assert got.html == expected.html, f"HTML of email {n} differs"
+        assert got.text == expected.text, f"text of email {n} differs"
+        assert got == expected
+        for pid in got.paper_ids:  # every paper shown carries the reader's two links
+            more, less = links.urls(pid)
+            assert got.text.count(more) == got.text.count(less) == 1
+            assert got.html.count(more) == 1 or "%" in got.html  # non-ASCII: escaped
+        assert links.likes in got.text
+    return renderer
+
+
+@pytest.mark.parametrize("budget", [95_000, 30_000, 8_000])
+def test_recommended_sections_and_feedback_links_are_assembled_and_identical(
+    budget: int,
+) -> None:
+    papers = _papers()
+    digests = _recommended(_digests(papers, 24), papers)
+    assert sum(1 for d in digests if any(s.keyword == RECOMMENDED_SECTION for s in d.sections))
+    renderer = _check_links(digests, budget, "https://digest.example.org")
+    assert renderer.assembled == renderer.count == len(digests)
+    assert renderer.mismatches == 0
+    # ...and without links the same digests too.
+    plain = _check(digests, budget)
+    assert plain.assembled == plain.count == len(digests)
+
+
+def test_recommended_and_links_with_hostile_text_and_public_url() -> None:
+    papers = _hostile(_papers())
+    digests = _recommended(_digests(papers, 16, hostile=True), papers, hostile=True)
+    renderer = _check_links(digests, 60_000, "https://dígest.example.org/a&b/")
+    assert renderer.mismatches == 0
+    assert renderer.assembled == renderer.count == len(digests)
+
+
+def test_the_section_shows_in_html_and_text_and_links_only_when_given() -> None:
+    papers = _papers()
+    digest = _recommended(_digests(papers, 2), papers)[0]
+    recommended = digest.sections[-1].entries
+    links = ReaderLinks.make("https://d.example.org", "s3cret", digest.subscriber.key)
+    email = render_reference(digest, sender=SENDER, budget=10**7, links=links)
+    assert f"== {RECOMMENDED_SECTION} ({len(recommended)}) ==" in email.text
+    assert f"{RECOMMENDED_SECTION} <span" in email.html
+    for entry in recommended:
+        assert f"  Why: {entry.why}" in email.text
+        assert entry.paper.id in email.paper_ids
+    assert ">More like this</a>" in email.html and ">Not for me</a>" in email.html
+    assert ">Your likes</a>" in email.html
+    bare = render_reference(digest, sender=SENDER, budget=10**7)
+    assert "More like this" not in bare.html + bare.text and "Your likes" not in bare.text
+
+
+def test_a_links_short_end_is_encoded_as_the_mailer_encodes_it() -> None:
+    links = ReaderLinks.make("https://d.example.org", "s3cret-0123456789abcdef", "a@b.org")
+    for paper_id in ("2401.00001", "hep-th/9901001", "math.AG/0101001"):
+        for letter in "mn":
+            for tail in (links.tail(paper_id, letter), links.tail(paper_id, letter) + '"'):
+                assert _short(tail) == (tail, qp_part(tail), qp_weight(tail))
+    for odd in (".x", "From x", "a=b", "x" * 80, "é"):
+        assert _short(odd) == (odd, qp_part(odd), qp_weight(odd))
