@@ -210,8 +210,9 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     first = renderer.render(digests[0])
     # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
     key = next(iter(renderer.blocks._keys))
-    _, piece = renderer.blocks._keys[key]
-    piece._joined["html"] = (("<p>wrong</p>",), (b"<p>wrong</p>=\r\n",))
+    entry, piece = renderer.blocks._keys[key]
+    wrong = replace(piece, html=("<p>wrong</p>",), html_qp=(b"<p>wrong</p>=\r\n",))
+    renderer.blocks._keys[key] = (entry, wrong)
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
     assert renderer.mismatches == 1

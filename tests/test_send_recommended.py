@@ -102,8 +102,8 @@ def test_send_recommends_the_liked_topic_never_twice_and_leaves_others_unchanged
     assert not set(recommended) & {pid for ids in second for pid in ids}
     assert all(set(ids) <= about_reasoning for ids in second)
     again = with_likes.query(
-        "SELECT paper_id, count(*) FROM email_papers JOIN emails USING (message_id) "
-        "WHERE subscriber = ? GROUP BY paper_id HAVING count(*) > 1",
+        "SELECT paper.value, count(*) FROM emails, json_each(emails.papers) AS paper "
+        "WHERE subscriber = ? GROUP BY paper.value HAVING count(*) > 1",
         [ADA],
     )
     assert again == []
