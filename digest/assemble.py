@@ -195,10 +195,10 @@ class Renderer:
         entries = digest.entries
         blocks, upvotes, with_links = self.blocks, digest.upvotes, links is not None
         pieces = [blocks.piece(e, upvotes.get(e.paper.id, 0), with_links) for e in entries]
-        if links is not None:  # this reader's links filled in: one HMAC per link
-            mine = EmailLinks(links)
-            pieces = [mine.fill(p, e.paper.id) for p, e in zip(pieces, entries, strict=True)]
-        full_sums = [0, *accumulate(p.html_size for p in pieces)]
+        ids = [e.paper.id for e in entries]
+        mine = EmailLinks(links) if links is not None else None  # this reader's links
+        extra = [mine.weight(i) for i in ids] if mine is not None else [0] * len(ids)
+        full_sums = [0, *accumulate(p.html_size + x for p, x in zip(pieces, extra, strict=True))]
         compact_sums: list[int] = []
         cache: dict[tuple[int, int], tuple[tuple[object, ...], _Layout, dict[str, str]]] = {}
 
@@ -216,7 +216,8 @@ class Renderer:
             total = layout.html_literal_size + full_sums[full]
             if shown > full:
                 if not compact_sums:
-                    compact_sums.extend([0, *accumulate(p.html_compact_size for p in pieces)])
+                    sizes = (p.html_compact_size + x for p, x in zip(pieces, extra, strict=True))
+                    compact_sums.extend([0, *accumulate(sizes)])
                 total += compact_sums[shown] - compact_sums[full]
             for kind, name, encoder in layout.html:
                 if kind == "val":
@@ -227,15 +228,16 @@ class Renderer:
         full, shown = _fit(size, len(entries), self.budget)
         layout_key, layout, values = shape(full, shown)
         bounds = list(accumulate(len(s.entries) for s in digest.sections))
-        slots: list[list[_Piece]] = []
+        shown_pieces = list(zip(pieces, ids, strict=True))
+        slots: list[list[tuple[_Piece, str]]] = []
         start = 0
         for end in bounds:  # each section's papers shown in full (sections left empty dropped)
             if start < full:
-                slots.append(pieces[start : min(end, full)])
+                slots.append(shown_pieces[start : min(end, full)])
             start = end
-        compact = pieces[full:shown]
-        html, html_qp = _fill(layout.html, values, slots, compact, html=True)
-        text, text_qp = _fill(layout.text, values, slots, compact, html=False)
+        compact = shown_pieces[full:shown]
+        html, html_qp = _fill(layout.html, values, slots, compact, mine, html=True)
+        text, text_qp = _fill(layout.text, values, slots, compact, mine, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)
         parts = {"html_parts": tuple(html), "text_parts": tuple(text)}
         encoded = {  # (a part holding a CR is encoded whole instead, as the email package would)
@@ -371,13 +373,15 @@ class Renderer:
 def _fill(
     parts: tuple[_Part, ...],
     values: dict[str, str],
-    slots: list[list[_Piece]],
-    compact: list[_Piece],
+    slots: list[list[tuple[_Piece, str]]],
+    compact: list[tuple[_Piece, str]],
+    links: EmailLinks | None,
     *,
     html: bool,
 ) -> tuple[list[str], list[bytes]]:
-    """The parts of one email's HTML or text, in order (literals, values, pieces), and each
-    part as quoted-printable (a piece's encoding is made once and kept with it)."""
+    """The parts of one email's HTML or text, in order (literals, values, pieces with the
+    reader's links), and each part as quoted-printable (a piece's encoding is made once and
+    kept with it)."""
     out: list[str] = []
     encoded: list[bytes] = []
     section = 0
@@ -393,15 +397,15 @@ def _fill(
             if value:
                 out.append(value)
                 encoded.append(qp_part_cached(value))
-        elif kind == "P":
-            for piece in slots[section]:
-                strings, qp = piece.parts(full_kind)
-                out.extend(strings)
-                encoded.extend(qp)
-            section += 1
         else:
-            for piece in compact:
-                strings, qp = piece.parts(compact_kind)
-                out.extend(strings)
-                encoded.extend(qp)
+            shown = compact if kind == "C" else slots[section]
+            section += kind == "P"
+            piece_kind = compact_kind if kind == "C" else full_kind
+            for piece, paper_id in shown:
+                if links is None:
+                    strings, qp = piece.parts(piece_kind)
+                    out += strings
+                    encoded += qp
+                else:
+                    links.write(piece, piece_kind, paper_id, out, encoded)
     return out, encoded

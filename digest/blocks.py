@@ -14,8 +14,9 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 from lxml import etree
 from markupsafe import Markup
@@ -44,6 +45,8 @@ FILL_CACHE = 100_000  # hole fills kept
 _PAPER_START, _PAPER_END = '<div class="paper"', "</div>"
 _ITEM_START, _ITEM_END = "<li", "</li>"
 _COMPACT_LIST = '<ul class="compact"'
+LINK_NAMES = ("M", "L")  # a piece's feedback links' holes (piece_links.EmailLinks.write)
+LINK_HOLES = tuple("\x00" + name for name in LINK_NAMES)  # where they are in a piece's parts
 _REWRITTEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the parser would change these
 
 
@@ -127,39 +130,69 @@ class _Skeleton:
     text_compact: tuple[_Part | str, ...]
 
 
+_Form = tuple[tuple[str, ...], tuple[bytes, ...]]  # strings, their quoted-printable encodings
+
+
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block: the strings it is joined from, in full and in
-    the compact list, HTML and text, each with its quoted-printable encoding; HTML sizes.
-    With feedback links, the links are holes ("\x00M", "\x00L") until
-    `piece_links.EmailLinks.fill` fills them for one reader."""
+    """One reader's version of a paper block, in full and in the compact list, HTML and text
+    (the kinds html, html_compact, text, text_compact): its skeleton and the fills of its
+    holes, joined into strings and their encodings when an email first shows it in that kind
+    (`parts`); the HTML sizes (mailer.qp_weight) for the budget. With feedback links, the
+    links are holes (`LINK_HOLES`) that `piece_links.EmailLinks.write` fills for one reader as
+    it writes the piece (`split`)."""
 
-    html: tuple[str, ...]
-    html_qp: tuple[bytes, ...]
+    sources: dict[str, tuple[tuple[_Part | str, ...], dict[str, _Part]]]
     html_size: int
-    html_compact: tuple[str, ...]
-    html_compact_qp: tuple[bytes, ...]
     html_compact_size: int
-    text: tuple[str, ...]
-    text_qp: tuple[bytes, ...]
-    text_compact: tuple[str, ...]
-    text_compact_qp: tuple[bytes, ...]
+    forms: dict[str, _Form] = field(default_factory=dict, compare=False)
+    cuts: dict[str, tuple[tuple[Any, ...], ...]] = field(default_factory=dict, compare=False)
 
-    def parts(self, kind: str) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
-        """The strings of this block (`kind`: html, html_compact, text, text_compact) and
-        their quoted-printable encodings."""
-        return getattr(self, kind), getattr(self, kind + "_qp")
+    def parts(self, kind: str) -> _Form:
+        """The strings of this block in `kind` and their quoted-printable encodings."""
+        found = self.forms.get(kind)
+        if found is None:
+            found = self.forms[kind] = _joined(*self.sources[kind])
+        return found
+
+    def split(self, kind: str) -> tuple[tuple[Any, ...], ...]:
+        """`parts(kind)` cut at the two link holes: the strings before, between and after
+        them, then the encodings before, between and after (made once per piece and kind)."""
+        found = self.cuts.get(kind)
+        if found is None:
+            strings, codes = self.parts(kind)
+            i = strings.index(LINK_HOLES[0])  # a C-speed scan
+            j = strings.index(LINK_HOLES[1], i)
+            found = self.cuts[kind] = (
+                strings[:i],
+                strings[i + 1 : j],
+                strings[j + 1 :],
+                codes[:i],
+                codes[i + 1 : j],
+                codes[j + 1 :],
+            )
+        return found
 
 
-def _joined(
-    holes: tuple[_Part | str, ...], fills: dict[str, _Part]
-) -> tuple[tuple[str, ...], tuple[bytes, ...], int]:
-    """A skeleton's parts with its holes filled: the strings, their encodings, the size."""
+def _weight(holes: tuple[_Part | str, ...], fills: dict[str, _Part]) -> int:
+    """The size (mailer.qp_weight) of a skeleton's parts with its holes filled (the links
+    not counted: piece_links.EmailLinks.weight)."""
+    return sum(
+        item[2] if isinstance(item, tuple) else (fills.get(item) or _NO_FILL)[2] for item in holes
+    )
+
+
+_NO_FILL = ("", b"", 0)
+
+
+def _joined(holes: tuple[_Part | str, ...], fills: dict[str, _Part]) -> _Form:
+    """A skeleton's parts with its holes filled (the link holes left as `LINK_HOLES`): the
+    strings and their encodings."""
     parts = [
         item if isinstance(item, tuple) else fills.get(item) or ("\x00" + item, b"", 0)
         for item in holes
     ]
-    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
 
 
 class Blocks:
@@ -239,13 +272,15 @@ class Blocks:
             why = entry.why or ""
             full["W"] = fill(("W", why), lambda: _html_text(why))
             text["W"] = fill(("TW", why), lambda: why)
-        text_parts = _joined(skeleton.text, text)
-        text_compact = _joined(skeleton.text_compact, text)
         piece = _Piece(
-            *_joined(skeleton.html, full),
-            *_joined(skeleton.html_compact, compact),
-            *text_parts[:2],
-            *text_compact[:2],
+            {
+                "html": (skeleton.html, full),
+                "html_compact": (skeleton.html_compact, compact),
+                "text": (skeleton.text, text),
+                "text_compact": (skeleton.text_compact, text),
+            },
+            _weight(skeleton.html, full),
+            _weight(skeleton.html_compact, compact),
         )
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()

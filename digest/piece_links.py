@@ -1,25 +1,35 @@
-"""A reader's feedback links filled into the paper pieces (digest/blocks.py) of their email.
+"""A reader's feedback links, written into the paper pieces (digest/blocks.py) of their email.
 
-Every reader's links are their own, so the holes are filled per email, as text, with the URL
-as the HTML serializer writes an `<a href>` value (`_href`): the block stays shared, and an
-email costs one itsdangerous signature and two HMACs per paper (digest/feedback_links.py).
+Every reader's links are their own, so the shared pieces keep the links as holes ("\\x00M",
+"\\x00L") and the email is joined around them (`EmailLinks.write`): only the form a paper is
+shown in (in full or in the compact list, HTML and text) gets the links, and an email costs one
+itsdangerous signature and one HMAC per paper (digest/feedback_links.py). The HTML budget needs
+only the links' size, which does not depend on the MAC (`EmailLinks.weight`).
 
 A link is written as two parts: the start every link of the email shares (DIGEST_PUBLIC_URL,
 /feedback/, the reader's signed token), finished and encoded once per email, and the short end
-of each link (kind, paper, HMAC), whose quoted-printable form is itself (`_short`, checked
-against mailer.qp_part in tests/test_render_equivalence.py).
+of each link (kind, paper, MAC), whose quoted-printable form is itself (`_short`, checked
+against mailer.qp_part in tests/test_render_equivalence.py). In HTML the URL is written as the
+serializer writes an `<a href>` value, with its quotes (`_href`).
 """
 
 from __future__ import annotations
 
 import re
 
-from digest.blocks import _html_attr, _Part, _part, _Piece
-from digest.feedback_links import ReaderLinks
+from digest.blocks import LINK_HOLES, _html_attr, _Part, _part, _Piece
+from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE
 
+__all__ = ["LINK_HOLES", "EmailLinks"]
+
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
-LINK_HOLES = ("\x00M", "\x00L")  # a piece's feedback links, filled per reader (`linked`)
+_SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are
+_PLAIN_ID = re.compile(r"[A-Za-z0-9._~!:?#%+,;@*()-]{1,40}")  # ids whose tails are `_SHORT`
+_TAIL = len("m~") + len("~") + MAC_CHARS  # a tail's length besides the paper id
+
+# One link: (strings, their quoted-printable encodings, their mailer.qp_weight).
+_Link = tuple[tuple[str, ...], tuple[bytes, ...], int]
 
 
 def _href(url: str) -> str:
@@ -32,15 +42,18 @@ def _href(url: str) -> str:
 
 def _short(text: str) -> _Part:
     """`_part(text)` for a short URL-safe ASCII string (no "=", not starting with "." or
-    "From "): one line, ended by a soft line break."""
-    plain = _PLAIN_URL.fullmatch(text) and "=" not in text
-    if len(text) < MAX_QP_LINE and plain and text[:1] not in (".", "F"):
+    "From ", at most a closing quote besides): one line, ended by a soft line break."""
+    if len(text) < MAX_QP_LINE and _SHORT.fullmatch(text) and text[:1] not in (".", "F"):
         return text, text.encode() + b"=\r\n", len(text)
     return _part(text)
 
 
+def _link(*parts: _Part) -> _Link:
+    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
+
+
 class EmailLinks:
-    """The feedback links of one email: `fill(piece, paper_id)` puts them into a piece."""
+    """The feedback links of one email ("More like this", "Not for me" on every paper)."""
 
     def __init__(self, links: ReaderLinks) -> None:
         self.links = links
@@ -48,39 +61,67 @@ class EmailLinks:
         self.plain = bool(_PLAIN_URL.fullmatch(start))
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
+        self._made: dict[str, tuple[_Link, _Link, _Link, _Link]] = {}
 
-    def _parts(self, paper_id: str, letter: str) -> tuple[tuple[_Part, ...], tuple[_Part, ...]]:
-        """(HTML parts, text parts) of one link."""
-        tail = self.links.tail(paper_id, letter)
-        if self.plain and _PLAIN_URL.fullmatch(tail):
-            return (self.html_start, _short(tail + '"')), (self.text_start, _short(tail))
-        url = self.links.base + self.links.signed + "~" + tail
-        return (_part(_href(url)),), (_part(url),)
+    def weight(self, paper_id: str) -> int:
+        """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
+        if self.plain and _PLAIN_ID.fullmatch(paper_id.replace("/", "!")):
+            return 2 * (self.html_start[2] + _TAIL + len(paper_id) + 1)  # + the closing quote
+        more, less, _, _ = self._links(paper_id)
+        return more[2] + less[2]
 
-    def fill(self, piece: _Piece, paper_id: str) -> _Piece:
-        """The piece with this reader's links ("More like this", "Not for me")."""
-        more_html, more_text = self._parts(paper_id, "m")
-        less_html, less_text = self._parts(paper_id, "n")
-        extra = sum(p[2] for p in (*more_html, *less_html))
-        return _Piece(
-            *_put(piece.html, piece.html_qp, more_html, less_html),
-            piece.html_size + extra,
-            *_put(piece.html_compact, piece.html_compact_qp, more_html, less_html),
-            piece.html_compact_size + extra,
-            *_put(piece.text, piece.text_qp, more_text, less_text),
-            *_put(piece.text_compact, piece.text_compact_qp, more_text, less_text),
-        )
+    def write(
+        self,
+        piece: _Piece,
+        kind: str,
+        paper_id: str,
+        out: list[str],
+        encoded: list[bytes],
+    ) -> None:
+        """Append the piece's strings and encodings of `kind` (html, html_compact, text,
+        text_compact) to `out` and `encoded`, with this reader's links in its holes."""
+        before, between, after, before_qp, between_qp, after_qp = piece.split(kind)
+        more, less, more_text, less_text = self._links(paper_id)
+        if kind[0] == "t":
+            more, less = more_text, less_text
+        out += before
+        out += more[0]
+        out += between
+        out += less[0]
+        out += after
+        encoded += before_qp
+        encoded += more[1]
+        encoded += between_qp
+        encoded += less[1]
+        encoded += after_qp
 
+    def _links(self, paper_id: str) -> tuple[_Link, _Link, _Link, _Link]:
+        """(HTML more, HTML less, text more, text less) of one paper: one HMAC."""
+        found = self._made.get(paper_id)
+        if found is None:
+            found = self._made[paper_id] = self._make(paper_id)
+        return found
 
-def _put(
-    parts: tuple[str, ...],
-    encoded: tuple[bytes, ...],
-    more: tuple[_Part, ...],
-    less: tuple[_Part, ...],
-) -> tuple[tuple[str, ...], tuple[bytes, ...]]:
-    """`parts` (and their encodings) with the two link holes replaced by the links' parts."""
-    i = parts.index(LINK_HOLES[0])  # a C-speed scan
-    j = parts.index(LINK_HOLES[1], i)
-    texts = (*parts[:i], *(p[0] for p in more), *parts[i + 1 : j], *(p[0] for p in less))
-    codes = (*encoded[:i], *(p[1] for p in more), *encoded[i + 1 : j], *(p[1] for p in less))
-    return (*texts, *parts[j + 1 :]), (*codes, *encoded[j + 1 :])
+    def _make(self, paper_id: str) -> tuple[_Link, _Link, _Link, _Link]:
+        made: list[_Link] = []
+        texts: list[_Link] = []
+        for tail in self.links.tails(paper_id):
+            quoted = tail + '"'
+            if self.plain and len(quoted) < MAX_QP_LINE and _SHORT.fullmatch(tail):
+                # `_link(start, _short(...))` written out: this runs for every paper of every email
+                html, text = self.html_start, self.text_start
+                made.append(
+                    (
+                        (html[0], quoted),
+                        (html[1], quoted.encode() + b"=\r\n"),
+                        html[2] + len(quoted),
+                    )
+                )
+                texts.append(
+                    ((text[0], tail), (text[1], tail.encode() + b"=\r\n"), text[2] + len(tail))
+                )
+            else:
+                url = self.links.base + self.links.signed + "~" + tail
+                made.append(_link(_part(_href(url))))
+                texts.append(_link(_part(url)))
+        return made[0], made[1], texts[0], texts[1]

@@ -24,7 +24,7 @@ from digest.models import (
     Subscriber,
     TrendingPaper,
 )
-from digest.piece_links import _short
+from digest.piece_links import EmailLinks, _href, _short
 from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
@@ -210,9 +210,8 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     first = renderer.render(digests[0])
     # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
     key = next(iter(renderer.blocks._keys))
-    entry, piece = renderer.blocks._keys[key]
-    wrong = replace(piece, html=("<p>wrong</p>",), html_qp=(b"<p>wrong</p>=\r\n",))
-    renderer.blocks._keys[key] = (entry, wrong)
+    _, piece = renderer.blocks._keys[key]
+    piece.forms["html"] = (("<p>wrong</p>",), (b"<p>wrong</p>=\r\n",))
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
     assert renderer.mismatches == 1
@@ -365,5 +364,21 @@ def test_a_links_short_end_is_encoded_as_the_mailer_encodes_it() -> None:
         for letter in "mn":
             for tail in (links.tail(paper_id, letter), links.tail(paper_id, letter) + '"'):
                 assert _short(tail) == (tail, qp_part(tail), qp_weight(tail))
-    for odd in (".x", "From x", "a=b", "x" * 80, "é"):
+    for odd in (".x", "From x", "a=b", "x" * 80, "é", 'a"b', '"'):
         assert _short(odd) == (odd, qp_part(odd), qp_weight(odd))
+
+
+def test_the_budget_counts_a_papers_links_as_they_are_written() -> None:
+    """`EmailLinks.weight` (the size the budget adds, without making the MAC) is what the
+    written links weigh, for plain and unusual ids and public URLs."""
+    for public_url in ("https://d.example.org", "https://dígest.example.org/a&b/"):
+        links = ReaderLinks.make(public_url, "s3cret-0123456789abcdef", "a@b.org")
+        start = links.base + links.signed + "~"
+        mine = EmailLinks(links)
+        for paper_id in ("2401.00001", "hep-th/9901001", "math.AG/0101001", "a=b", "x" * 60):
+            tails = links.tails(paper_id)
+            if mine.plain:
+                written = sum(qp_weight(f'"{start}') + qp_weight(t + '"') for t in tails)
+            else:
+                written = sum(qp_weight(_href(start + t)) for t in tails)
+            assert mine.weight(paper_id) == written, (public_url, paper_id)
