@@ -14,9 +14,12 @@ and every email is joined from finished pieces. The number of trips depends on t
 layouts, never on the subscribers or how their keywords combine (`Renderer.trips`).
 
 Safety nets: the first email of each layout, and every `verify_every`-th email, is also
-rendered the reference way and compared byte for byte; a difference logs a warning and that
-layout goes the slow way for the rest of the run. Text that the HTML parser would rewrite
-(control characters) and any unexpected error take the reference path for that email.
+rendered the reference way at the same choice of papers and compared byte for byte; a
+difference logs a warning and that layout goes the slow way for the rest of the run. For every
+`verify_every`-th email the budget's choice is also checked against the reference renderings at
+its edges (`render.reference_fits`); a difference sends every later email the slow way. Text
+that the HTML parser would rewrite (control characters) and any unexpected error take the
+reference path for that email.
 """
 
 from __future__ import annotations
@@ -52,7 +55,15 @@ from digest.feedback_links import ReaderLinks
 from digest.mailer import qp_part_cached, qp_size, qp_weight
 from digest.models import Digest, RenderedEmail
 from digest.piece_links import EmailLinks
-from digest.render import _email, _fit, _strings, render_at, render_reference, render_text
+from digest.render import (
+    _email,
+    _fit,
+    _strings,
+    reference_fits,
+    render_at,
+    render_reference,
+    render_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +94,7 @@ class Renderer:
         self.count = 0
         self.assembled = 0  # emails joined from pieces (the rest were rendered in full)
         self.mismatches = 0
+        self.budget_trusted = True  # until a sample's choice of papers differs (then: slow)
 
     @property
     def mark(self) -> str:
@@ -119,6 +131,8 @@ class Renderer:
         `preferences_url`: their preferences page, in the footer."""
         self.count += 1
         urls = (unsubscribe_url, preferences_url)
+        if not self.budget_trusted:
+            return self._reference(digest, urls, links)
         try:
             email, layout_key = self._assemble(digest, urls, links)
         except _Slow:
@@ -126,11 +140,10 @@ class Renderer:
         except Exception:  # a bug here must cost speed, never an email
             log.exception("assembling the email for %s failed", digest.subscriber.email)
             return self._reference(digest, urls, links)
-        if self.count % self.verify_every == 0:  # a sample: the whole reference, budget search too
-            reference: RenderedEmail | None = self._reference(digest, urls, links)
-        elif layout_key not in self._verified:  # the first of its layout: the reference at the
-            # same choice of papers (one trip; the choice itself is a sum of these pieces' sizes)
-            reference = render_at(
+        check = self.count % self.verify_every == 0  # a sample: the budget's choice too
+        if check or layout_key not in self._verified:  # and the first email of each layout:
+            # the reference at the same choice of papers (one trip)
+            reference: RenderedEmail | None = render_at(
                 digest,
                 email.full_entries,
                 len(email.paper_ids),
@@ -146,6 +159,24 @@ class Renderer:
                 self._mismatch(digest, layout_key, reference, email)
                 return reference
             self._verified.add(layout_key)
+        if check and not reference_fits(
+            digest,
+            email.full_entries,
+            len(email.paper_ids),
+            sender=self.sender,
+            budget=self.budget,
+            unsubscribe_url=unsubscribe_url,
+            preferences_url=preferences_url,
+            links=links,
+        ):
+            log.warning(
+                "the budget search for %s chose differently from the full rendering's; "
+                "emails are rendered in full from now on",
+                digest.subscriber.email,
+            )
+            self.mismatches += 1
+            self.budget_trusted = False
+            return self._reference(digest, urls, links)
         self.assembled += 1
         return email
 
@@ -402,10 +433,6 @@ def _fill(
             section += kind == "P"
             piece_kind = compact_kind if kind == "C" else full_kind
             for piece, paper_id in shown:
-                if links is None:
-                    strings, qp = piece.parts(piece_kind)
-                    out += strings
-                    encoded += qp
-                else:
-                    links.write(piece, piece_kind, paper_id, out, encoded)
+                pair = links.pair(paper_id, piece_kind) if links is not None else None
+                piece.write(piece_kind, out, encoded, pair)
     return out, encoded

@@ -14,9 +14,8 @@ import logging
 import re
 import secrets
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
 
 from lxml import etree
 from markupsafe import Markup
@@ -40,13 +39,12 @@ _VALUES = (
 )
 
 PAPERS_PER_TRIP = 250
-PIECE_CACHE = 50_000  # readers' versions of blocks kept (then forgotten and made again)
+PIECE_CACHE = 300_000  # readers' versions of blocks kept (then forgotten and made again)
 FILL_CACHE = 100_000  # hole fills kept
 _PAPER_START, _PAPER_END = '<div class="paper"', "</div>"
 _ITEM_START, _ITEM_END = "<li", "</li>"
 _COMPACT_LIST = '<ul class="compact"'
-LINK_NAMES = ("M", "L")  # a piece's feedback links' holes (piece_links.EmailLinks.write)
-LINK_HOLES = tuple("\x00" + name for name in LINK_NAMES)  # where they are in a piece's parts
+LINK_NAMES = ("M", "L")  # a piece's feedback links' holes (piece_links.EmailLinks)
 _REWRITTEN = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # the parser would change these
 
 
@@ -118,81 +116,103 @@ def _part(text: str) -> _Part:
 
 
 @dataclass(frozen=True)
+class _Cut:
+    """One form of a paper's block cut at its holes: the finished literal runs (strings and
+    their encodings: one more run than holes, some empty) and the holes' names between them;
+    `weight`: the runs' mailer.qp_weight."""
+
+    strings: tuple[tuple[str, ...], ...]
+    codes: tuple[tuple[bytes, ...], ...]
+    holes: tuple[str, ...]
+    weight: int
+
+
+def _cut_at_holes(items: tuple[_Part | str, ...]) -> _Cut:
+    """A `Blocks._holes` result as literal runs between the holes."""
+    runs: list[list[_Part]] = [[]]
+    holes: list[str] = []
+    for item in items:
+        if isinstance(item, tuple):
+            runs[-1].append(item)
+        else:
+            holes.append(item)
+            runs.append([])
+    return _Cut(
+        tuple(tuple(p[0] for p in run) for run in runs),
+        tuple(tuple(p[1] for p in run) for run in runs),
+        tuple(holes),
+        sum(p[2] for run in runs for p in run),
+    )
+
+
+KINDS = ("html", "html_compact", "text", "text_compact")  # a block's forms
+
+
+@dataclass(frozen=True)
 class _Skeleton:
-    """One paper's finished blocks with holes: in full and in the compact list, HTML and text
-    (the literal strings between the holes kept finished as `_Part`s)."""
+    """One paper's finished blocks with holes, in each of the `KINDS` (in full and in the
+    compact list, HTML and text)."""
 
     paper: Paper
     abstract: str  # as shown (shortened)
-    html: tuple[_Part | str, ...]  # parts, and hole names between them
-    html_compact: tuple[_Part | str, ...]
-    text: tuple[_Part | str, ...]
-    text_compact: tuple[_Part | str, ...]
+    cuts: dict[str, _Cut]
 
 
-_Form = tuple[tuple[str, ...], tuple[bytes, ...]]  # strings, their quoted-printable encodings
+# A link written into a piece's link hole: (strings, their encodings, their qp_weight).
+Link = tuple[tuple[str, ...], tuple[bytes, ...], int]
 
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block, in full and in the compact list, HTML and text
-    (the kinds html, html_compact, text, text_compact): its skeleton and the fills of its
-    holes, joined into strings and their encodings when an email first shows it in that kind
-    (`parts`); the HTML sizes (mailer.qp_weight) for the budget. With feedback links, the
-    links are holes (`LINK_HOLES`) that `piece_links.EmailLinks.write` fills for one reader as
-    it writes the piece (`split`)."""
+    """One reader's version of a paper block: its skeleton, and per kind what fills each of
+    its holes (None for the feedback links' holes, which `write` fills from the reader's
+    links: piece_links.EmailLinks); the HTML sizes (mailer.qp_weight, without the links)."""
 
-    sources: dict[str, tuple[tuple[_Part | str, ...], dict[str, _Part]]]
+    skeleton: _Skeleton
+    fills: dict[str, tuple[_Part | None, ...]]
     html_size: int
     html_compact_size: int
-    forms: dict[str, _Form] = field(default_factory=dict, compare=False)
-    cuts: dict[str, tuple[tuple[Any, ...], ...]] = field(default_factory=dict, compare=False)
 
-    def parts(self, kind: str) -> _Form:
-        """The strings of this block in `kind` and their quoted-printable encodings."""
-        found = self.forms.get(kind)
-        if found is None:
-            found = self.forms[kind] = _joined(*self.sources[kind])
-        return found
+    def write(
+        self,
+        kind: str,
+        out: list[str],
+        encoded: list[bytes],
+        links: tuple[Link, Link] | None = None,
+    ) -> None:
+        """Append this block in `kind` to `out` and its quoted-printable encoding to `encoded`,
+        with `links` ("More like this", "Not for me") in its link holes."""
+        cut = self.skeleton.cuts[kind]
+        strings, codes = cut.strings, cut.codes
+        out += strings[0]
+        encoded += codes[0]
+        for k, fill in enumerate(self.fills[kind], 1):
+            if fill is None:
+                if links is None:
+                    raise _Slow
+                link = links[cut.holes[k - 1] == "L"]
+                out += link[0]
+                encoded += link[1]
+            else:
+                out.append(fill[0])
+                encoded.append(fill[1])
+            out += strings[k]
+            encoded += codes[k]
 
-    def split(self, kind: str) -> tuple[tuple[Any, ...], ...]:
-        """`parts(kind)` cut at the two link holes: the strings before, between and after
-        them, then the encodings before, between and after (made once per piece and kind)."""
-        found = self.cuts.get(kind)
-        if found is None:
-            strings, codes = self.parts(kind)
-            i = strings.index(LINK_HOLES[0])  # a C-speed scan
-            j = strings.index(LINK_HOLES[1], i)
-            found = self.cuts[kind] = (
-                strings[:i],
-                strings[i + 1 : j],
-                strings[j + 1 :],
-                codes[:i],
-                codes[i + 1 : j],
-                codes[j + 1 :],
-            )
-        return found
-
-
-def _weight(holes: tuple[_Part | str, ...], fills: dict[str, _Part]) -> int:
-    """The size (mailer.qp_weight) of a skeleton's parts with its holes filled (the links
-    not counted: piece_links.EmailLinks.weight)."""
-    return sum(
-        item[2] if isinstance(item, tuple) else (fills.get(item) or _NO_FILL)[2] for item in holes
-    )
+    def parts(self, kind: str) -> tuple[list[str], list[bytes]]:
+        """The strings of this block in `kind` and their encodings (without links)."""
+        out: list[str] = []
+        encoded: list[bytes] = []
+        self.write(kind, out, encoded)
+        return out, encoded
 
 
-_NO_FILL = ("", b"", 0)
-
-
-def _joined(holes: tuple[_Part | str, ...], fills: dict[str, _Part]) -> _Form:
-    """A skeleton's parts with its holes filled (the link holes left as `LINK_HOLES`): the
-    strings and their encodings."""
-    parts = [
-        item if isinstance(item, tuple) else fills.get(item) or ("\x00" + item, b"", 0)
-        for item in holes
-    ]
-    return tuple(p[0] for p in parts), tuple(p[1] for p in parts)
+def _aligned(cut: _Cut, fills: dict[str, _Part]) -> tuple[_Part | None, ...]:
+    """What fills each hole of `cut`, in order (None for a link)."""
+    try:
+        return tuple(None if hole in LINK_NAMES else fills[hole] for hole in cut.holes)
+    except KeyError:
+        raise _Slow from None
 
 
 class Blocks:
@@ -272,15 +292,18 @@ class Blocks:
             why = entry.why or ""
             full["W"] = fill(("W", why), lambda: _html_text(why))
             text["W"] = fill(("TW", why), lambda: why)
+        cuts = skeleton.cuts
+        fills = {
+            "html": _aligned(cuts["html"], full),
+            "html_compact": _aligned(cuts["html_compact"], compact),
+            "text": _aligned(cuts["text"], text),
+            "text_compact": _aligned(cuts["text_compact"], text),
+        }
         piece = _Piece(
-            {
-                "html": (skeleton.html, full),
-                "html_compact": (skeleton.html_compact, compact),
-                "text": (skeleton.text, text),
-                "text_compact": (skeleton.text_compact, text),
-            },
-            _weight(skeleton.html, full),
-            _weight(skeleton.html_compact, compact),
+            skeleton,
+            fills,
+            cuts["html"].weight + sum(f[2] for f in fills["html"] if f is not None),
+            cuts["html_compact"].weight + sum(f[2] for f in fills["html_compact"] if f is not None),
         )
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()
@@ -340,13 +363,18 @@ class Blocks:
             ml = "ML" if links else ""
             try:
                 whole = html[block[0] : block[1]]
+                forms = {
+                    "html": self._holes(whole if rec else self._tags_hole(whole), _expect(rec, ml)),
+                    "html_compact": self._holes(
+                        html[item[0] : item[1]], ("T" if rec else "TK") + ml
+                    ),
+                    "text": self._holes(_paper_text(view), ("W" if rec else "K") + ml),
+                    "text_compact": self._holes(_compact_text(view), ("" if rec else "K") + ml),
+                }
                 self.skeletons[key] = _Skeleton(
                     paper=paper,
                     abstract=shorten(readable(paper.abstract), ABSTRACT_CHARS),
-                    html=self._holes(whole if rec else self._tags_hole(whole), _expect(rec, ml)),
-                    html_compact=self._holes(html[item[0] : item[1]], ("T" if rec else "TK") + ml),
-                    text=self._holes(_paper_text(view), ("W" if rec else "K") + ml),
-                    text_compact=self._holes(_compact_text(view), ("" if rec else "K") + ml),
+                    cuts={kind: _cut_at_holes(items) for kind, items in forms.items()},
                 )
             except _Slow:
                 self.skeletons[key] = None

@@ -1,10 +1,10 @@
 """A reader's feedback links, written into the paper pieces (digest/blocks.py) of their email.
 
-Every reader's links are their own, so the shared pieces keep the links as holes ("\\x00M",
-"\\x00L") and the email is joined around them (`EmailLinks.write`): only the form a paper is
-shown in (in full or in the compact list, HTML and text) gets the links, and an email costs one
-itsdangerous signature and one HMAC per paper (digest/feedback_links.py). The HTML budget needs
-only the links' size, which does not depend on the MAC (`EmailLinks.weight`).
+Every reader's links are their own, so the shared pieces keep the links as holes, and the
+email is joined around them (blocks._Piece.write, with `EmailLinks.pair`): only the form a
+paper is shown in (in full or in the compact list, HTML and text) gets the links, and an email
+costs one itsdangerous signature and one HMAC per paper (digest/feedback_links.py). The HTML
+budget needs only the links' size, which does not depend on the MAC (`EmailLinks.weight`).
 
 A link is written as two parts: the start every link of the email shares (DIGEST_PUBLIC_URL,
 /feedback/, the reader's signed token), finished and encoded once per email, and the short end
@@ -17,19 +17,14 @@ from __future__ import annotations
 
 import re
 
-from digest.blocks import LINK_HOLES, _html_attr, _Part, _part, _Piece
+from digest.blocks import Link, _html_attr, _Part, _part
 from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE
-
-__all__ = ["LINK_HOLES", "EmailLinks"]
 
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
 _SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._~!:?#%+,;@*()-]{1,40}")  # ids whose tails are `_SHORT`
 _TAIL = len("m~") + len("~") + MAC_CHARS  # a tail's length besides the paper id
-
-# One link: (strings, their quoted-printable encodings, their mailer.qp_weight).
-_Link = tuple[tuple[str, ...], tuple[bytes, ...], int]
 
 
 def _href(url: str) -> str:
@@ -48,7 +43,7 @@ def _short(text: str) -> _Part:
     return _part(text)
 
 
-def _link(*parts: _Part) -> _Link:
+def _link(*parts: _Part) -> Link:
     return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
 
 
@@ -61,7 +56,7 @@ class EmailLinks:
         self.plain = bool(_PLAIN_URL.fullmatch(start))
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
-        self._made: dict[str, tuple[_Link, _Link, _Link, _Link]] = {}
+        self._made: dict[str, tuple[Link, Link, Link, Link]] = {}
 
     def weight(self, paper_id: str) -> int:
         """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
@@ -70,41 +65,22 @@ class EmailLinks:
         more, less, _, _ = self._links(paper_id)
         return more[2] + less[2]
 
-    def write(
-        self,
-        piece: _Piece,
-        kind: str,
-        paper_id: str,
-        out: list[str],
-        encoded: list[bytes],
-    ) -> None:
-        """Append the piece's strings and encodings of `kind` (html, html_compact, text,
-        text_compact) to `out` and `encoded`, with this reader's links in its holes."""
-        before, between, after, before_qp, between_qp, after_qp = piece.split(kind)
+    def pair(self, paper_id: str, kind: str) -> tuple[Link, Link]:
+        """The paper's two links ("More like this", "Not for me") as a piece of `kind` (html,
+        html_compact, text, text_compact) writes them (`_Piece.write`)."""
         more, less, more_text, less_text = self._links(paper_id)
-        if kind[0] == "t":
-            more, less = more_text, less_text
-        out += before
-        out += more[0]
-        out += between
-        out += less[0]
-        out += after
-        encoded += before_qp
-        encoded += more[1]
-        encoded += between_qp
-        encoded += less[1]
-        encoded += after_qp
+        return (more_text, less_text) if kind[0] == "t" else (more, less)
 
-    def _links(self, paper_id: str) -> tuple[_Link, _Link, _Link, _Link]:
+    def _links(self, paper_id: str) -> tuple[Link, Link, Link, Link]:
         """(HTML more, HTML less, text more, text less) of one paper: one HMAC."""
         found = self._made.get(paper_id)
         if found is None:
             found = self._made[paper_id] = self._make(paper_id)
         return found
 
-    def _make(self, paper_id: str) -> tuple[_Link, _Link, _Link, _Link]:
-        made: list[_Link] = []
-        texts: list[_Link] = []
+    def _make(self, paper_id: str) -> tuple[Link, Link, Link, Link]:
+        made: list[Link] = []
+        texts: list[Link] = []
         for tail in self.links.tails(paper_id):
             quoted = tail + '"'
             if self.plain and len(quoted) < MAX_QP_LINE and _SHORT.fullmatch(tail):

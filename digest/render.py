@@ -299,6 +299,28 @@ def render_reference(
     return _email(digest, html, render_text(context), full, shown)
 
 
+def reference_fits(
+    digest: Digest,
+    full: int,
+    shown: int,
+    *,
+    sender: str,
+    budget: int,
+    unsubscribe_url: str | None = None,
+    preferences_url: str | None = None,
+    links: ReaderLinks | None = None,
+) -> bool:
+    """Whether `render_reference` would choose to show the first `shown` papers, `full` of
+    them in full: the choice checked at its edges (`fit_holds`), two or three renderings
+    instead of the whole search."""
+
+    def size(f: int, s: int) -> int:
+        context = _context(digest, f, s, sender, unsubscribe_url, preferences_url, links)
+        return qp_size(qp_weight(render_html(context)))
+
+    return fit_holds(size, len(digest.entries), budget, full, shown)
+
+
 def render_at(
     digest: Digest,
     full: int,
@@ -336,6 +358,35 @@ def _fit(size: Callable[[int, int], int], total: int, budget: int) -> tuple[int,
     if full > 0 or size(0, total) <= budget:
         return full, total
     return 0, _largest(lambda n: size(0, n) <= budget, total)
+
+
+def fit_holds(
+    size: Callable[[int, int], int], total: int, budget: int, full: int, shown: int
+) -> bool:
+    """Whether `_fit(size, total, budget)` gives (`full`, `shown`), asking `size` at most
+    three times: at the edges of the choice (a choice's size grows with its papers, which
+    `_fit`'s binary search assumes too, so the largest that fits is the one just below the
+    first that does not)."""
+    memo: dict[tuple[int, int], int] = {}
+
+    def fits(f: int, s: int) -> bool:
+        if (f, s) not in memo:
+            memo[f, s] = size(f, s)
+        return memo[f, s] <= budget
+
+    if total == 0 or (full, shown) == (total, total):
+        return (full, shown) == (0, 0) if total == 0 else fits(total, total)
+    if fits(total, total):
+        return False
+    if shown == total:  # as many in full as fit, the rest compact
+        return fits(full, total) and not fits(full + 1, total)
+    # None in full, and as many compact ones as fit.
+    return (
+        full == 0
+        and not fits(0, total)
+        and (shown == 0 or fits(0, shown))  # (the search ends at none when none fits)
+        and not fits(0, shown + 1)
+    )
 
 
 def _largest(fits: Callable[[int], bool], upper: int) -> int:

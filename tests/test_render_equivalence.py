@@ -5,6 +5,7 @@ hostile ones; and it really is the pieces that made the email, not a silent fall
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +26,7 @@ from digest.models import (
     TrendingPaper,
 )
 from digest.piece_links import EmailLinks, _href, _short
-from digest.render import render_reference
+from digest.render import _fit, fit_holds, render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
 DAY = "2026-11-22"
@@ -210,12 +211,47 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     first = renderer.render(digests[0])
     # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
     key = next(iter(renderer.blocks._keys))
-    _, piece = renderer.blocks._keys[key]
-    piece.forms["html"] = (("<p>wrong</p>",), (b"<p>wrong</p>=\r\n",))
+    entry, piece = renderer.blocks._keys[key]
+    wrong = ("<p>wrong</p>", b"<p>wrong</p>=\r\n", 11)
+    fills = {kind: tuple(wrong if f else f for f in got) for kind, got in piece.fills.items()}
+    renderer.blocks._keys[key] = (entry, replace(piece, fills=fills))
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
     assert renderer.mismatches == 1
     assert "<p>wrong</p>" not in again.html
+
+
+def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
+    """`fit_holds` (the sampled emails' check of the budget's choice) says yes to exactly what
+    `_fit`'s search chooses, for many growing size functions and budgets."""
+    rng = random.Random(3)
+    for _ in range(300):
+        total = rng.randint(0, 12)
+        full_cost = [rng.randint(50, 400) for _ in range(total)]
+        compact_cost = [rng.randint(5, 50) for _ in range(total)]
+
+        def size(f: int, s: int) -> int:
+            return 100 + sum(full_cost[:f]) + sum(compact_cost[f:s])  # noqa: B023
+
+        budget = rng.randint(50, 3000)
+        chosen = _fit(size, total, budget)
+        assert fit_holds(size, total, budget, *chosen)
+        others = {(f, s) for s in range(total + 1) for f in range(s + 1)} - {chosen}
+        assert not any(fit_holds(size, total, budget, *other) for other in others)
+
+
+def test_a_wrong_budget_choice_is_caught_and_the_reference_email_sent() -> None:
+    digests = [d for d in _digests(_papers(), 6) if len(d.entries) > 3]
+    renderer = Renderer(sender=SENDER, budget=30_000, verify_every=1)
+    first = renderer.render(digests[0])
+    assert renderer.mismatches == 0 and first.full_entries < len(first.paper_ids)
+    # A bug in the sizes (not in the bytes): the first paper counted as far too large.
+    key = next(iter(renderer.blocks._keys))
+    _, piece = renderer.blocks._keys[key]
+    object.__setattr__(piece, "html_compact_size", 10**6)
+    again = renderer.render(digests[0])
+    assert again == first == render_reference(digests[0], sender=SENDER, budget=30_000)
+    assert renderer.mismatches == 1 and not renderer.budget_trusted
 
 
 def test_pieces_are_filled_per_reader_and_trips_do_not_grow_with_subscribers() -> None:
