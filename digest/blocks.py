@@ -158,8 +158,8 @@ class _Skeleton:
     cuts: dict[str, _Cut]
 
 
-# A link written into a piece's link hole: (strings, their encodings, their qp_weight).
-Link = tuple[tuple[str, ...], tuple[bytes, ...], int]
+# A link written into a piece's link hole: (start, its encoding, end, its encoding).
+Link = tuple[str, bytes, str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +191,10 @@ class _Piece:
                 if links is None:
                     raise _Slow
                 link = links[cut.holes[k - 1] == "L"]
-                out += link[0]
-                encoded += link[1]
+                out.append(link[0])
+                out.append(link[2])
+                encoded.append(link[1])
+                encoded.append(link[3])
             else:
                 out.append(fill[0])
                 encoded.append(fill[1])

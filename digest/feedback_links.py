@@ -3,11 +3,11 @@
 A link's token is `<reader>~<kind>~<paper>~<mac>`: `<reader>` the subscriber key signed with
 itsdangerous (once per email), `<kind>` `m` (more like this) or `n` (not for me), `<paper>` the
 arXiv id (a `/` of an old-style id written `!`), and `<mac>` 12 bytes (16 base64 characters) of
-an HMAC-SHA256 of (subscriber key, paper id) keyed by a key derived from DIGEST_SECRET: the
-first 12 bytes for `m`, the next 12 for `n` (two independent parts of one keyed hash, so a link
-of one kind is no link of the other). So an email with 40 papers costs one signature and 40
-HMACs, and a forged or altered part (reader, kind, paper or mac) fails `read`. Used by the
-send path (the links) and by `digest serve` (feedback.py).
+a keyed BLAKE2b (a MAC: RFC 7693) of (subscriber key, paper id), keyed by a key derived from
+DIGEST_SECRET: the first 12 bytes for `m`, the next 12 for `n` (two independent parts of one
+keyed hash, so a link of one kind is no link of the other). So an email with 40 papers costs
+one signature and 40 MACs, and a forged or altered part (reader, kind, paper or mac) fails
+`read`. Used by the send path (the links) and by `digest serve` (feedback.py).
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ def _key(secret: str) -> bytes:
 
 
 def _macs(key: bytes, subscriber: str, paper_id: str) -> tuple[str, str]:
-    """The MACs of the paper's "m" and "n" links for this reader."""
-    raw = hmac.digest(key, f"{subscriber}\x00{paper_id}".encode(), "sha256")
-    both = base64.urlsafe_b64encode(raw[:24]).decode()  # 12 bytes -> 16 characters, no "="
+    """The MACs of the paper's "m" and "n" links for this reader: keyed BLAKE2b (RFC 7693's
+    MAC mode, a third of HMAC-SHA256's time here), 12 bytes each."""
+    message = f"{subscriber}\x00{paper_id}".encode()
+    raw = hashlib.blake2b(message, key=key, digest_size=24).digest()
+    both = base64.urlsafe_b64encode(raw).decode()  # 12 bytes -> 16 characters, no "="
     return both[:MAC_CHARS], both[MAC_CHARS:]
 
 
@@ -100,7 +102,7 @@ class ReaderLinks:
         return self.tails(paper_id)[letter == "n"]
 
     def tails(self, paper_id: str) -> tuple[str, str]:
-        """The tails of the paper's two links ("m", "n"): one HMAC."""
+        """The tails of the paper's two links ("m", "n"): one MAC."""
         more, less = _macs(self.key, self.subscriber, paper_id)
         shown = paper_id.replace("/", "!")
         return f"m~{shown}~{more}", f"n~{shown}~{less}"

@@ -3,7 +3,7 @@
 Every reader's links are their own, so the shared pieces keep the links as holes, and the
 email is joined around them (blocks._Piece.write, with `EmailLinks.pair`): only the form a
 paper is shown in (in full or in the compact list, HTML and text) gets the links, and an email
-costs one itsdangerous signature and one HMAC per paper (digest/feedback_links.py). The HTML
+costs one itsdangerous signature and one MAC per paper (digest/feedback_links.py). The HTML
 budget needs only the links' size, which does not depend on the MAC (`EmailLinks.weight`).
 
 A link is written as two parts: the start every link of the email shares (DIGEST_PUBLIC_URL,
@@ -19,7 +19,7 @@ import re
 
 from digest.blocks import Link, _html_attr, _Part, _part
 from digest.feedback_links import MAC_CHARS, ReaderLinks
-from digest.mailer import MAX_QP_LINE
+from digest.mailer import MAX_QP_LINE, qp_weight
 
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
 _SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are
@@ -43,10 +43,6 @@ def _short(text: str) -> _Part:
     return _part(text)
 
 
-def _link(*parts: _Part) -> Link:
-    return tuple(p[0] for p in parts), tuple(p[1] for p in parts), sum(p[2] for p in parts)
-
-
 class EmailLinks:
     """The feedback links of one email ("More like this", "Not for me" on every paper)."""
 
@@ -56,48 +52,48 @@ class EmailLinks:
         self.plain = bool(_PLAIN_URL.fullmatch(start))
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
-        self._made: dict[str, tuple[Link, Link, Link, Link]] = {}
+        self._made: dict[str, tuple[tuple[Link, Link], tuple[Link, Link]]] = {}
 
     def weight(self, paper_id: str) -> int:
         """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
         if self.plain and _PLAIN_ID.fullmatch(paper_id.replace("/", "!")):
             return 2 * (self.html_start[2] + _TAIL + len(paper_id) + 1)  # + the closing quote
-        more, less, _, _ = self._links(paper_id)
-        return more[2] + less[2]
+        more, less = self.pair(paper_id, "html")
+        return sum(qp_weight(link[0] + link[2]) for link in (more, less))
 
     def pair(self, paper_id: str, kind: str) -> tuple[Link, Link]:
         """The paper's two links ("More like this", "Not for me") as a piece of `kind` (html,
-        html_compact, text, text_compact) writes them (`_Piece.write`)."""
-        more, less, more_text, less_text = self._links(paper_id)
-        return (more_text, less_text) if kind[0] == "t" else (more, less)
-
-    def _links(self, paper_id: str) -> tuple[Link, Link, Link, Link]:
-        """(HTML more, HTML less, text more, text less) of one paper: one HMAC."""
+        html_compact, text, text_compact) writes them (`_Piece.write`): one MAC a paper."""
         found = self._made.get(paper_id)
         if found is None:
             found = self._made[paper_id] = self._make(paper_id)
-        return found
+        return found[kind[0] == "t"]
 
-    def _make(self, paper_id: str) -> tuple[Link, Link, Link, Link]:
-        made: list[Link] = []
-        texts: list[Link] = []
-        for tail in self.links.tails(paper_id):
-            quoted = tail + '"'
-            if self.plain and len(quoted) < MAX_QP_LINE and _SHORT.fullmatch(tail):
-                # `_link(start, _short(...))` written out: this runs for every paper of every email
-                html, text = self.html_start, self.text_start
-                made.append(
-                    (
-                        (html[0], quoted),
-                        (html[1], quoted.encode() + b"=\r\n"),
-                        html[2] + len(quoted),
-                    )
-                )
-                texts.append(
-                    ((text[0], tail), (text[1], tail.encode() + b"=\r\n"), text[2] + len(tail))
-                )
-            else:
-                url = self.links.base + self.links.signed + "~" + tail
-                made.append(_link(_part(_href(url))))
-                texts.append(_link(_part(url)))
-        return made[0], made[1], texts[0], texts[1]
+    def _make(self, paper_id: str) -> tuple[tuple[Link, Link], tuple[Link, Link]]:
+        """((HTML more, HTML less), (text more, text less)) of one paper."""
+        more, less = self.links.tails(paper_id)
+        if self.plain and _SHORT.fullmatch(more) and _SHORT.fullmatch(less):
+            # The shared start, then the tail as `_short` encodes it (the tails are short and
+            # begin with "m~"/"n~"): written out, as this runs for every paper of every email.
+            (html, html_code, _), (text, text_code, _) = self.html_start, self.text_start
+            quoted_more, quoted_less = more + '"', less + '"'
+            return (
+                (
+                    (html, html_code, quoted_more, quoted_more.encode() + b"=\r\n"),
+                    (html, html_code, quoted_less, quoted_less.encode() + b"=\r\n"),
+                ),
+                (
+                    (text, text_code, more, more.encode() + b"=\r\n"),
+                    (text, text_code, less, less.encode() + b"=\r\n"),
+                ),
+            )
+        start = self.links.base + self.links.signed + "~"
+        html_links = tuple(_whole(_href(start + tail)) for tail in (more, less))
+        text_links = tuple(_whole(start + tail) for tail in (more, less))
+        return (html_links[0], html_links[1]), (text_links[0], text_links[1])
+
+
+def _whole(text: str) -> Link:
+    """A link written as one part."""
+    finished = _part(text)
+    return finished[0], finished[1], "", b""
