@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from email.utils import parseaddr
@@ -242,21 +243,41 @@ class Renderer:
                 cache[full, shown] = self._shape(digest, full, shown, strings[shown], urls, links)
             return cache[full, shown]
 
+        def compact_sizes() -> list[int]:
+            if not compact_sums:
+                sizes = (p.html_compact_size + x for p, x in zip(pieces, extra, strict=True))
+                compact_sums.extend([0, *accumulate(sizes)])
+            return compact_sums
+
+        sizes: dict[tuple[int, int], int] = {}
+
         def size(full: int, shown: int) -> int:  # of the HTML part as encoded, not building it
+            if (full, shown) not in sizes:
+                sizes[full, shown] = measure(full, shown)
+            return sizes[full, shown]
+
+        def measure(full: int, shown: int) -> int:
             _, layout, values = shape(full, shown)
             total = layout.html_literal_size + full_sums[full]
             if shown > full:
-                if not compact_sums:
-                    sizes = (p.html_compact_size + x for p, x in zip(pieces, extra, strict=True))
-                    compact_sums.extend([0, *accumulate(sizes)])
-                total += compact_sums[shown] - compact_sums[full]
+                total += compact_sizes()[shown] - compact_sizes()[full]
             for kind, name, encoder in layout.html:
                 if kind == "val":
                     assert encoder is not None
                     total += qp_weight(encoder(values[name]))
             return qp_size(total)
 
-        full, shown = _fit(size, len(entries), self.budget)
+        def guess() -> int:  # how many in full: two secant steps on the pieces' sizes
+            total = len(entries)
+            growth = [f - c for f, c in zip(full_sums, compact_sizes(), strict=True)]
+
+            def step(n: int) -> int:  # from the size at n, what the pieces' growth allows
+                room = (self.budget - size(n, total)) * 72 // 75  # (qp_size's soft breaks)
+                return min(max(bisect_right(growth, growth[n] + room) - 1, 0), total)
+
+            return step(step(total))
+
+        full, shown = _fit(size, len(entries), self.budget, guess)
         layout_key, layout, values = shape(full, shown)
         bounds = list(accumulate(len(s.entries) for s in digest.sections))
         shown_pieces = list(zip(pieces, ids, strict=True))

@@ -348,16 +348,54 @@ def _email(digest: Digest, html: str, text: str, full: int, shown: int) -> Rende
     )
 
 
-def _fit(size: Callable[[int, int], int], total: int, budget: int) -> tuple[int, int]:
+def _fit(
+    size: Callable[[int, int], int],
+    total: int,
+    budget: int,
+    guess: Callable[[], int] | None = None,
+) -> tuple[int, int]:
     """How many of `total` papers to show in full and how many at all, given the HTML `size`
     of each choice: all in full if that fits, else as many in full as fit with the rest
-    compact, else (none in full) as many compact ones as fit."""
+    compact, else (none in full) as many compact ones as fit. `guess`: where the number in
+    full probably is (the answer is the same, found with fewer sizes when the guess is near)."""
     if size(total, total) <= budget:
         return total, total
-    full = _largest(lambda n: size(n, total) <= budget, total)
+    full = _largest(lambda n: size(n, total) <= budget, total, guess() if guess else None)
     if full > 0 or size(0, total) <= budget:
         return full, total
     return 0, _largest(lambda n: size(0, n) <= budget, total)
+
+
+def _largest(fits: Callable[[int], bool], upper: int, guess: int | None = None) -> int:
+    """The largest n in [0, upper] with fits(n), assuming fits is monotone and fits(0) or n=0.
+    From a `guess`: steps of 1, 2, 4... away from it until the answer is bracketed, then the
+    same halving (the same answer as without a guess)."""
+    low, high = 0, upper  # every n above `high` does not fit; `low` fits, or is 0
+    if guess is not None and upper > 0:
+        probe, step = min(max(guess, 0), upper), 1
+        if fits(probe):
+            low = probe
+            while low < high:
+                probe = min(low + step, high)
+                if not fits(probe):
+                    high = probe - 1
+                    break
+                low, step = probe, step * 2
+        else:
+            high = probe - 1
+            while low < high:
+                probe = max(high - step + 1, low + 1)
+                if fits(probe):
+                    low = probe
+                    break
+                high, step = probe - 1, step * 2
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def fit_holds(
@@ -387,15 +425,3 @@ def fit_holds(
         and (shown == 0 or fits(0, shown))  # (the search ends at none when none fits)
         and not fits(0, shown + 1)
     )
-
-
-def _largest(fits: Callable[[int], bool], upper: int) -> int:
-    """The largest n in [0, upper] with fits(n), assuming fits is monotone and fits(0) or n=0."""
-    low, high = 0, upper
-    while low < high:
-        mid = (low + high + 1) // 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid - 1
-    return low

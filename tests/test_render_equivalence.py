@@ -26,7 +26,7 @@ from digest.models import (
     TrendingPaper,
 )
 from digest.piece_links import EmailLinks, _href, _short
-from digest.render import _fit, fit_holds, render_reference
+from digest.render import _fit, _largest, fit_holds, render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
 DAY = "2026-11-22"
@@ -238,6 +238,25 @@ def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
         assert fit_holds(size, total, budget, *chosen)
         others = {(f, s) for s in range(total + 1) for f in range(s + 1)} - {chosen}
         assert not any(fit_holds(size, total, budget, *other) for other in others)
+
+
+def test_a_search_from_a_guess_ends_where_the_halving_does() -> None:
+    rng = random.Random(5)
+    for _ in range(500):
+        upper = rng.randint(0, 40)
+        edge = rng.randint(-1, upper)  # the largest that fits (-1: none does)
+
+        def fits(n: int) -> bool:
+            return n <= edge  # noqa: B023
+
+        asked: list[int] = []
+        plain = _largest(fits, upper)
+        for guess in (-3, 0, edge, edge + 1, edge - 2, rng.randint(0, upper), upper, upper + 5):
+            found = _largest(lambda n: asked.append(n) or fits(n), upper, guess)  # noqa: B023
+            assert found == plain == max(edge, 0)
+    near = []
+    _largest(lambda n: near.append(n) or n <= 30, 100, 30)
+    assert len(near) == 2  # a right guess: two sizes, not seven
 
 
 def test_a_wrong_budget_choice_is_caught_and_the_reference_email_sent() -> None:
