@@ -21,6 +21,10 @@ time against --baseline (the seconds of the same run without likes, from bench/R
 `bench/run.py --subscribers 10000 --papers 250`).
 
     .venv/bin/python bench/recommend_cost.py --readers 10000
+
+This times the recommender's stages in this process only. The issue's target (the whole run
+within 1.3x of the same run without likes) is measured on the real whole `digest send`, process
+start to exit, with likes against without, first run and warm: bench/recommend_send.py.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ The tables today:
 - papers (+ papers_fts, an external-content FTS5 index with the porter stemmer): one row per
   arXiv id without version, the newest version seen.
 - emails: the outbox, one row per email built for sending (see digest/outbox.py for its states),
-  with the papers it carries (`papers`, a JSON list); deliveries: (subscriber, paper) pairs the
-  mail server accepted, with the email that carried them.
+  with the papers it carries (`papers`, a JSON list in the email's order) and the why line of
+  each recommended one (`recommended`, a JSON object, NULL when none); deliveries:
+  (subscriber, paper) pairs the mail server accepted, with the email that carried them.
 - runs: one row per `digest send` (kind send | dry-run; status running | ok | failed |
   stopped), with counts, the fetch's outcome, trending and timings (JSON).
 - mailboxes: consecutive permanent failures per address and its suspension.
@@ -258,6 +259,13 @@ def _m_bounces(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m_outbox_recommended(db: sqlite_utils.Database) -> None:
+    """The "Recommended for you" papers of an email (issue 13), paper id -> the line saying why
+    (JSON; NULL when none): a pending email is sent again as it was, and its recommendations
+    are no keyword match that planning could find again."""
+    db["emails"].add_column("recommended", str)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m001_initial,
     _m_delivery_faults,
@@ -269,4 +277,5 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m_compact_outbox,
     _m_signups,
     _m_bounces,
+    _m_outbox_recommended,
 ]

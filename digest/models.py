@@ -146,6 +146,11 @@ class Digest:
     def paper_ids(self) -> tuple[str, ...]:
         return tuple(entry.paper.id for entry in self.entries)
 
+    @property
+    def recommended(self) -> dict[str, str]:
+        """The papers of "Recommended for you", paper id -> the line saying why (issue 13)."""
+        return {e.paper.id: e.why for e in self.entries if e.why is not None}
+
 
 @dataclass(frozen=True)
 class RenderedEmail:

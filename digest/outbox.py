@@ -1,7 +1,8 @@
 """The outbox: every email built for sending, its state, and every change of state.
 
 An email enters the outbox as PENDING before it is handed to the mail server, with its
-Message-ID, day and papers (not its bytes). From there:
+Message-ID, day and papers in the email's order (not its bytes), and the why line of each paper
+it recommends (issue 13). From there:
 
     PENDING --250-------------------------> SENT       its papers become deliveries (same commit)
     PENDING --5xx---------------------------> FAILED     counts towards suspending the address
@@ -11,17 +12,18 @@ Message-ID, day and papers (not its bytes). From there:
     PENDING --never handed out (stopped)----> forgotten  (`withdraw`): its papers stay owed
 
 A PENDING email left by an earlier run (it died, or was stopped) is sent again first, as it
-was: same Message-ID, same papers, same day, so a reader's mail program can drop a second
-copy. An accepted email is marked SENT as soon as the server says 250, before the next email
-goes out on that connection: a killed run re-sends at most the emails in flight, one per
-connection. Only SENT emails count as delivered; papers of DEFERRED and FAILED ones stay owed.
+was: same Message-ID, same papers in the same order, same recommendations, same day, so a
+reader's mail program can drop a second copy. An accepted email is marked SENT as soon as the
+server says 250, before the next email goes out on that connection: a killed run re-sends at
+most the emails in flight, one per connection. Only SENT emails count as delivered; papers of
+DEFERRED and FAILED ones stay owed.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import sqlite_utils
@@ -45,28 +47,48 @@ class PendingEmail:
     message_id: str
     subscriber: str
     day: str
-    paper_ids: tuple[str, ...]
+    paper_ids: tuple[str, ...]  # in the email's order
     attempts: int
+    recommended: Mapping[str, str] = field(default_factory=dict)  # paper id -> why (issue 13)
 
 
 def pending_emails(db: sqlite_utils.Database) -> list[PendingEmail]:
     """Every pending email, oldest first."""
     rows = db.execute(
-        "SELECT message_id, subscriber, day, attempts, papers FROM emails WHERE status = ? "
-        "ORDER BY created_at, rowid",
+        "SELECT message_id, subscriber, day, attempts, papers, recommended FROM emails "
+        "WHERE status = ? ORDER BY created_at, rowid",
         [PENDING],
     ).fetchall()
     return [
-        PendingEmail(message_id, subscriber, day or "", tuple(sorted(json.loads(papers))), tries)
-        for message_id, subscriber, day, tries, papers in rows
+        PendingEmail(
+            message_id,
+            subscriber,
+            day or "",
+            tuple(json.loads(papers)),
+            tries,
+            json.loads(recommended) if recommended else {},
+        )
+        for message_id, subscriber, day, tries, papers, recommended in rows
     ]
 
 
 def set_email_papers(db: sqlite_utils.Database, message_id: str, paper_ids: Iterable[str]) -> None:
     """Make a pending email carry exactly `paper_ids` (what its rebuilt body shows)."""
+    ids = list(paper_ids)
     with immediate(db):
-        papers = json.dumps(list(paper_ids))
-        db.execute("UPDATE emails SET papers = ? WHERE message_id = ?", [papers, message_id])
+        row = db.execute("SELECT recommended FROM emails WHERE message_id = ?", [message_id])
+        found = row.fetchone()
+        why = json.loads(found[0]) if found and found[0] else {}
+        db.execute(
+            "UPDATE emails SET papers = ?, recommended = ? WHERE message_id = ?",
+            [json.dumps(ids), _recommended_json(why, ids), message_id],
+        )
+
+
+def _recommended_json(why: Mapping[str, str], paper_ids: Iterable[str]) -> str | None:
+    """The why lines of the recommended papers among `paper_ids` (JSON; None when none)."""
+    kept = {pid: why[pid] for pid in paper_ids if pid in why}
+    return json.dumps(kept) if kept else None
 
 
 def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
@@ -178,8 +200,9 @@ class NewEmail:
 
     subscriber: str
     message_id: str
-    paper_ids: tuple[str, ...]
+    paper_ids: tuple[str, ...]  # exactly what the email shows, in its order
     day: str
+    recommended: Mapping[str, str] = field(default_factory=dict)  # paper id -> why (issue 13)
 
 
 def add_pending(db: sqlite_utils.Database, run_id: int, new: Iterable[NewEmail]) -> None:
@@ -191,9 +214,17 @@ def add_pending(db: sqlite_utils.Database, run_id: int, new: Iterable[NewEmail])
     with immediate(db):
         db.conn.executemany(
             "INSERT INTO emails (message_id, run_id, subscriber, created_at, status, day, "
-            f"attempts, papers) VALUES (?, ?, ?, ?, '{PENDING}', ?, 0, ?)",
+            f"attempts, papers, recommended) VALUES (?, ?, ?, ?, '{PENDING}', ?, 0, ?, ?)",
             [
-                (e.message_id, run_id, e.subscriber, when, e.day, json.dumps(list(e.paper_ids)))
+                (
+                    e.message_id,
+                    run_id,
+                    e.subscriber,
+                    when,
+                    e.day,
+                    json.dumps(list(e.paper_ids)),
+                    _recommended_json(e.recommended, e.paper_ids) if e.recommended else None,
+                )
                 for e in new
             ],
         )

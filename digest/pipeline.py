@@ -359,7 +359,8 @@ class _Run:
         except BuildFailed as exc:
             dest.note(Outcome(person.email, "failed", detail=str(exc)))
             return
-        new = outbox.NewEmail(person.key, built.message_id, built.rendered.paper_ids, digest.day)
+        ids = built.rendered.paper_ids
+        new = outbox.NewEmail(person.key, built.message_id, ids, digest.day, digest.recommended)
         dest.take(built, new)
 
 

@@ -10,7 +10,7 @@ module only gathers the facts from the store and the outbox and asks it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import sqlite_utils
@@ -25,7 +25,7 @@ from digest.match import (
     owed_since,
     plan_digest,
 )
-from digest.models import Digest, Entry, Paper, Subscriber
+from digest.models import RECOMMENDED_SECTION, Digest, Entry, Paper, Section, Subscriber
 
 CHUNK = 200  # subscribers planned together: one bulk query for their deliveries and refusals
 MEMO_LIMIT = 200_000  # shared entries kept at most
@@ -181,8 +181,10 @@ def replan_pending(
     with_trending: bool,
     trending_top: int,
 ) -> Digest:
-    """The digest of a pending email of an earlier run, as it was: its papers, matched against
-    the subscriber's keywords now (papers that no longer match drop out), on its day."""
+    """The digest of a pending email of an earlier run, as it was: its papers in its order (a
+    reader's model may have ordered its sections), matched against the subscriber's keywords
+    now (papers that no longer match drop out), on its day; its recommended papers (no keyword
+    match: `pending.recommended`) last, with their why lines, as personalize.py made them."""
     phrases = [*person.keywords, *person.exclude]
     hits, papers = match_keywords(db, phrases, None, pending.paper_ids)
     papers.update(store.papers_by_id(db, set(pending.paper_ids) - set(papers)))
@@ -191,7 +193,21 @@ def replan_pending(
         for author in paper.authors:
             by_author.setdefault(author_key(author), []).append(paper_id)
     day = pending.day or today
-    digest = plan_digest(person, hits, papers, set(), day, by_author=by_author)
+    recommended = set(pending.recommended)  # they stay where they were: recommended
+    digest = plan_digest(person, hits, papers, recommended, day, by_author=by_author)
+    place = {pid: n for n, pid in enumerate(pending.paper_ids)}
+    sections = [
+        Section(s.keyword, tuple(sorted(s.entries, key=lambda e: place.get(e.paper.id, 0))))
+        for s in digest.sections
+    ]
+    digest = replace(digest, sections=tuple(sections))
     if with_trending:  # with the trending list stored for its day
         digest = trending_stage.decorate(digest, trending_stage.load(db, day), trending_top)
+    entries = tuple(
+        Entry(papers[pid], (), why=pending.recommended[pid])
+        for pid in pending.paper_ids
+        if pid in recommended and pid in papers
+    )
+    if entries:  # after the upvote badges, as in the first attempt
+        digest = replace(digest, sections=(*digest.sections, Section(RECOMMENDED_SECTION, entries)))
     return digest
