@@ -10,7 +10,10 @@ gets it. So a run finishes, through the whole template:
 - one prototype, to learn how the highlight and tag elements come out of premailer.
 
 A reader's version of a block is then filled in as text, serialized exactly as lxml writes it,
-and every email is joined from finished pieces. The number of trips depends on the papers and
+and every email is joined from finished pieces. The parts: digest/blocks.py finishes the
+blocks (their strings: digest/pieces.py), digest/layouts.py the layouts and the joining,
+digest/budget.py the choice of how many papers fit, digest/piece_links.py the reader's links;
+here, the email of one digest and the safety nets. The number of trips depends on the papers and
 layouts, never on the subscribers or how their keywords combine (`Renderer.trips`).
 
 Safety nets: the first email of each layout, and every `verify_every`-th email, is also
@@ -25,60 +28,28 @@ reference path for that email.
 from __future__ import annotations
 
 import logging
-import re
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
-from email.utils import parseaddr
-from functools import partial
+from collections.abc import Iterable
+from dataclasses import replace
 from itertools import accumulate
 
-from markupsafe import Markup
-
-from digest.blocks import (
-    _ITEM_END,
-    _ITEM_START,
-    _PAPER_END,
-    _PAPER_START,
-    _SENTINEL,
-    _VALUES,
-    Blocks,
-    _compact_range,
-    _compact_text,
-    _cut,
-    _html_attr,
-    _html_text,
-    _paper_text,
-    _Piece,
-    _Slow,
-)
+from digest.blocks import _VALUES, Blocks
+from digest.budget import fit
 from digest.feedback_links import ReaderLinks
-from digest.mailer import qp_part_cached, qp_size, qp_weight
+from digest.layouts import Layout, Layouts, fill
+from digest.mailer import qp_size, qp_weight
 from digest.models import Digest, RenderedEmail
 from digest.piece_links import EmailLinks
+from digest.pieces import _Piece, _Slow
 from digest.render import (
     _email,
-    _fit,
     _strings,
     reference_fits,
     render_at,
     render_reference,
-    render_text,
 )
 
 log = logging.getLogger(__name__)
-
-_TAG_OPEN = re.compile(r"<(\w+)[^<>]*\s([\w:-]+)=\"$")
-
-
-_Part = tuple[str, str, Callable[[str], str] | None]
-
-
-@dataclass(frozen=True)
-class _Layout:
-    html: tuple[_Part, ...]
-    text: tuple[_Part, ...]
-    html_literal_size: int  # mailer.qp_weight of every literal part of the HTML together
 
 
 class Renderer:
@@ -90,7 +61,7 @@ class Renderer:
     def __init__(self, *, sender: str, budget: int, verify_every: int = 1000) -> None:
         self.sender, self.budget, self.verify_every = sender, budget, verify_every
         self.blocks = Blocks()
-        self._layouts: dict[tuple[object, ...], _Layout | None] = {}
+        self.layouts = Layouts(self.blocks, sender)
         self._verified: set[tuple[object, ...]] = set()
         self.count = 0
         self.assembled = 0  # emails joined from pieces (the rest were rendered in full)
@@ -105,6 +76,10 @@ class Renderer:
     def trips(self) -> int:
         """Trips through MJML and premailer so far (reference renderings not counted)."""
         return self.blocks.trips
+
+    @property
+    def _layouts(self) -> dict[tuple[object, ...], Layout | None]:
+        return self.layouts.made
 
     @property
     def _pieces(self) -> dict[tuple[int, int], _Piece]:
@@ -204,7 +179,7 @@ class Renderer:
         email: RenderedEmail,
     ) -> None:
         self.mismatches += 1
-        self._layouts[layout_key] = None
+        self.layouts.forget(layout_key)
         where = next(
             (i for i, (a, b) in enumerate(zip(reference.html, email.html, strict=False)) if a != b),
             min(len(reference.html), len(email.html)),
@@ -232,11 +207,11 @@ class Renderer:
         extra = [mine.weight(i) for i in ids] if mine is not None else [0] * len(ids)
         full_sums = [0, *accumulate(p.html_size + x for p, x in zip(pieces, extra, strict=True))]
         compact_sums: list[int] = []
-        cache: dict[tuple[int, int], tuple[tuple[object, ...], _Layout, dict[str, str]]] = {}
+        cache: dict[tuple[int, int], tuple[tuple[object, ...], Layout, dict[str, str]]] = {}
 
         strings: dict[int, dict[str, str]] = {}
 
-        def shape(full: int, shown: int) -> tuple[tuple[object, ...], _Layout, dict[str, str]]:
+        def shape(full: int, shown: int) -> tuple[tuple[object, ...], Layout, dict[str, str]]:
             if (full, shown) not in cache:
                 if shown not in strings:
                     strings[shown] = _strings(digest, shown, self.sender)
@@ -277,7 +252,7 @@ class Renderer:
 
             return step(step(total))
 
-        full, shown = _fit(size, len(entries), self.budget, guess)
+        full, shown = fit(size, len(entries), self.budget, guess)
         layout_key, layout, values = shape(full, shown)
         bounds = list(accumulate(len(s.entries) for s in digest.sections))
         shown_pieces = list(zip(pieces, ids, strict=True))
@@ -288,8 +263,8 @@ class Renderer:
                 slots.append(shown_pieces[start : min(end, full)])
             start = end
         compact = shown_pieces[full:shown]
-        html, html_qp = _fill(layout.html, values, slots, compact, mine, html=True)
-        text, text_qp = _fill(layout.text, values, slots, compact, mine, html=False)
+        html, html_qp = fill(layout.html, values, slots, compact, mine, html=True)
+        text, text_qp = fill(layout.text, values, slots, compact, mine, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)
         parts = {"html_parts": tuple(html), "text_parts": tuple(text)}
         encoded = {  # (a part holding a CR is encoded whole instead, as the email package would)
@@ -306,7 +281,7 @@ class Renderer:
         strings: dict[str, str],
         urls: tuple[str | None, str | None],
         links: ReaderLinks | None = None,
-    ) -> tuple[tuple[object, ...], _Layout, dict[str, str]]:
+    ) -> tuple[tuple[object, ...], Layout, dict[str, str]]:
         """The layout and values of the email showing the first `shown` entries, the first
         `full` of them in full (`strings`: `render._strings` for `shown`)."""
         values = {name: strings[name] for name in _VALUES}
@@ -335,125 +310,4 @@ class Renderer:
             digest.trending,
             links is not None,
         )
-        return layout_key, self._layout(layout_key), values
-
-    # Paper blocks --------------------------------------------------------------------------
-
-    def _layout(self, key: tuple[object, ...]) -> _Layout:
-        if key not in self._layouts:
-            try:
-                self._layouts[key] = self._make_layout(key)
-            except _Slow:
-                self._layouts[key] = None
-        layout = self._layouts[key]
-        if layout is None:
-            raise _Slow
-        return layout
-
-    def _make_layout(self, key: tuple[object, ...]) -> _Layout:
-        sections, compact, deferred, unsubscribe, preferences, trending, likes = key
-        assert isinstance(sections, int) and isinstance(trending, tuple)
-        slot = replace(
-            _SENTINEL, title=Markup(self.blocks.m("slot")), title_text=self.blocks.m("slot")
-        )
-        context: dict[str, object] = {name: self.blocks.m(name) for name in _VALUES}
-        context.update(
-            sender_address=parseaddr(self.sender)[1] or self.sender,
-            sections=[
-                {
-                    "keyword": self.blocks.m(f"k{i}"),
-                    "count": self.blocks.m(f"n{i}"),
-                    "entries": [slot],
-                }
-                for i in range(sections)
-            ],
-            compact=[slot] if compact else [],
-            deferred_line=self.blocks.m("deferred_line") if deferred else "",
-            unsubscribe_url=self.blocks.m("unsubscribe") if unsubscribe else None,
-            preferences_url=self.blocks.m("preferences") if preferences else None,
-            likes_url=self.blocks.m("likes") if likes else None,
-            trending=trending,
-        )
-        html = self.blocks.trip(context)
-        spans = _cut(html, _PAPER_START, _PAPER_END)
-        lo, hi = _compact_range(html)
-        spans += _cut(html, _ITEM_START, _ITEM_END, lo, hi)
-        for at, stop in sorted(spans, reverse=True):
-            is_paper = html.startswith(_PAPER_START, at)
-            html = html[:at] + self.blocks.m("P" if is_paper else "C") + html[stop:]
-        text = render_text(context)
-        text = text.replace(_paper_text(slot), self.blocks.m("P"))
-        text = text.replace(_compact_text(slot), self.blocks.m("C"))
-        html_parts, text_parts = self._parse(html, html=True), self._parse(text, html=False)
-        known = {*_VALUES, "unsubscribe", "preferences", "likes"}
-        known |= {f"{c}{i}" for c in "kn" for i in range(sections)}
-        for parts in (html_parts, text_parts):
-            names = [name for kind, name, _ in parts if kind != "lit"]
-            if not set(names) <= known | {"P", "C"} or names.count("P") != sections:
-                raise _Slow
-            if names.count("C") != int(bool(compact)):
-                raise _Slow
-        literal = sum(qp_weight(text) for kind, text, _ in html_parts if kind == "lit")
-        return _Layout(html_parts, text_parts, literal)
-
-    def _parse(self, source: str, *, html: bool) -> tuple[_Part, ...]:
-        """A layout's parts: the text between marks, and what each mark stands for."""
-        parts: list[_Part] = []
-        cursor = 0
-        for found in self.blocks.marks.finditer(source):
-            start, end, name = found.start(), found.end(), found[1]
-            encoder: Callable[[str], str] | None = None
-            if name not in ("P", "C"):
-                encoder = str
-                if html:
-                    encoder = _html_text
-                    opened = source.rfind("<", 0, start)
-                    tag = _TAG_OPEN.match(source, opened, start)
-                    if opened > source.rfind(">", 0, start) and tag:
-                        # A whole attribute value: the serializer picks its quotes by the value.
-                        if source[start - 2 : start] != '="' or source[end : end + 1] != '"':
-                            raise _Slow
-                        encoder = partial(_html_attr, tag[1], tag[2])
-                        start, end = start - 1, end + 1
-            parts.append(("lit", source[cursor:start], None))
-            parts.append(("val", name, encoder) if encoder else (name, name, None))
-            cursor = end
-        parts.append(("lit", source[cursor:], None))
-        return tuple(parts)
-
-
-def _fill(
-    parts: tuple[_Part, ...],
-    values: dict[str, str],
-    slots: list[list[tuple[_Piece, str]]],
-    compact: list[tuple[_Piece, str]],
-    links: EmailLinks | None,
-    *,
-    html: bool,
-) -> tuple[list[str], list[bytes]]:
-    """The parts of one email's HTML or text, in order (literals, values, pieces with the
-    reader's links), and each part as quoted-printable (a piece's encoding is made once and
-    kept with it)."""
-    out: list[str] = []
-    encoded: list[bytes] = []
-    section = 0
-    full_kind, compact_kind = ("html", "html_compact") if html else ("text", "text_compact")
-    for kind, name, encoder in parts:
-        if kind == "lit":
-            if name:
-                out.append(name)
-                encoded.append(qp_part_cached(name))
-        elif kind == "val":
-            assert encoder is not None
-            value = encoder(values[name])
-            if value:
-                out.append(value)
-                encoded.append(qp_part_cached(value))
-        else:
-            shown = compact if kind == "C" else slots[section]
-            section += kind == "P"
-            piece_kind = compact_kind if kind == "C" else full_kind
-            for piece, paper_id in shown:
-                pair = links.pair(paper_id, piece_kind) if links is not None else None
-                piece.write(piece_kind, out, encoded, pair)
-    return out, encoded
+        return layout_key, self.layouts.get(layout_key), values

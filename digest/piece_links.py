@@ -1,7 +1,7 @@
-"""A reader's feedback links, written into the paper pieces (digest/blocks.py) of their email.
+"""A reader's feedback links, written into the paper pieces (digest/pieces.py) of their email.
 
 Every reader's links are their own, so the shared pieces keep the links as holes, and the
-email is joined around them (blocks._Piece.write, with `EmailLinks.pair`): only the form a
+email is joined around them (pieces._Piece.write, with `EmailLinks.pair`): only the form a
 paper is shown in (in full or in the compact list, HTML and text) gets the links, and an email
 costs one itsdangerous signature and one MAC per paper (digest/feedback_links.py). The HTML
 budget needs only the links' size, which does not depend on the MAC (`EmailLinks.weight`).
@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import re
 
-from digest.blocks import Link, _html_attr, _Part, _part
 from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE, qp_weight
+from digest.pieces import Link, _html_attr, _Part, _part
 
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
 _SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are

@@ -12,7 +12,7 @@ the only markup we add ourselves is highlighting, built here from escaped pieces
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from email.utils import parseaddr
@@ -25,6 +25,7 @@ import premailer
 from markupsafe import Markup, escape
 from mjml import mjml2html
 
+from digest.budget import fit, fit_holds
 from digest.feedback_links import ReaderLinks
 from digest.latex import readable, readable_spans
 from digest.mailer import qp_size, qp_weight
@@ -294,7 +295,7 @@ def render_reference(
     def size(full: int, shown: int) -> int:  # of the HTML part as encoded in the message
         return qp_size(qp_weight(attempt(full, shown)[0]))
 
-    full, shown = _fit(size, len(digest.entries), budget)
+    full, shown = fit(size, len(digest.entries), budget)
     html, context = attempt(full, shown)
     return _email(digest, html, render_text(context), full, shown)
 
@@ -345,83 +346,4 @@ def _email(digest: Digest, html: str, text: str, full: int, shown: int) -> Rende
         paper_ids=digest.paper_ids[:shown],
         full_entries=full,
         deferred=digest.paper_ids[shown:],
-    )
-
-
-def _fit(
-    size: Callable[[int, int], int],
-    total: int,
-    budget: int,
-    guess: Callable[[], int] | None = None,
-) -> tuple[int, int]:
-    """How many of `total` papers to show in full and how many at all, given the HTML `size`
-    of each choice: all in full if that fits, else as many in full as fit with the rest
-    compact, else (none in full) as many compact ones as fit. `guess`: where the number in
-    full probably is (the answer is the same, found with fewer sizes when the guess is near)."""
-    if size(total, total) <= budget:
-        return total, total
-    full = _largest(lambda n: size(n, total) <= budget, total, guess() if guess else None)
-    if full > 0 or size(0, total) <= budget:
-        return full, total
-    return 0, _largest(lambda n: size(0, n) <= budget, total)
-
-
-def _largest(fits: Callable[[int], bool], upper: int, guess: int | None = None) -> int:
-    """The largest n in [0, upper] with fits(n), assuming fits is monotone and fits(0) or n=0.
-    From a `guess`: steps of 1, 2, 4... away from it until the answer is bracketed, then the
-    same halving (the same answer as without a guess)."""
-    low, high = 0, upper  # every n above `high` does not fit; `low` fits, or is 0
-    if guess is not None and upper > 0:
-        probe, step = min(max(guess, 0), upper), 1
-        if fits(probe):
-            low = probe
-            while low < high:
-                probe = min(low + step, high)
-                if not fits(probe):
-                    high = probe - 1
-                    break
-                low, step = probe, step * 2
-        else:
-            high = probe - 1
-            while low < high:
-                probe = max(high - step + 1, low + 1)
-                if fits(probe):
-                    low = probe
-                    break
-                high, step = probe - 1, step * 2
-    while low < high:
-        mid = (low + high + 1) // 2
-        if fits(mid):
-            low = mid
-        else:
-            high = mid - 1
-    return low
-
-
-def fit_holds(
-    size: Callable[[int, int], int], total: int, budget: int, full: int, shown: int
-) -> bool:
-    """Whether `_fit(size, total, budget)` gives (`full`, `shown`), asking `size` at most
-    three times: at the edges of the choice (a choice's size grows with its papers, which
-    `_fit`'s binary search assumes too, so the largest that fits is the one just below the
-    first that does not)."""
-    memo: dict[tuple[int, int], int] = {}
-
-    def fits(f: int, s: int) -> bool:
-        if (f, s) not in memo:
-            memo[f, s] = size(f, s)
-        return memo[f, s] <= budget
-
-    if total == 0 or (full, shown) == (total, total):
-        return (full, shown) == (0, 0) if total == 0 else fits(total, total)
-    if fits(total, total):
-        return False
-    if shown == total:  # as many in full as fit, the rest compact
-        return fits(full, total) and not fits(full + 1, total)
-    # None in full, and as many compact ones as fit.
-    return (
-        full == 0
-        and not fits(0, total)
-        and (shown == 0 or fits(0, shown))  # (the search ends at none when none fits)
-        and not fits(0, shown + 1)
     )

@@ -13,6 +13,7 @@ import pytest
 from standins import load_papers
 
 from digest.assemble import Renderer
+from digest.budget import fit, fit_holds, largest
 from digest.feedback_links import ReaderLinks
 from digest.mailer import qp_part, qp_weight
 from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
@@ -26,7 +27,7 @@ from digest.models import (
     TrendingPaper,
 )
 from digest.piece_links import EmailLinks, _href, _short
-from digest.render import _fit, _largest, fit_holds, render_reference
+from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
 DAY = "2026-11-22"
@@ -223,7 +224,7 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
 
 def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
     """`fit_holds` (the sampled emails' check of the budget's choice) says yes to exactly what
-    `_fit`'s search chooses, for many growing size functions and budgets."""
+    `fit`'s search chooses, for many growing size functions and budgets."""
     rng = random.Random(3)
     for _ in range(300):
         total = rng.randint(0, 12)
@@ -234,7 +235,7 @@ def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
             return 100 + sum(full_cost[:f]) + sum(compact_cost[f:s])  # noqa: B023
 
         budget = rng.randint(50, 3000)
-        chosen = _fit(size, total, budget)
+        chosen = fit(size, total, budget)
         assert fit_holds(size, total, budget, *chosen)
         others = {(f, s) for s in range(total + 1) for f in range(s + 1)} - {chosen}
         assert not any(fit_holds(size, total, budget, *other) for other in others)
@@ -250,12 +251,12 @@ def test_a_search_from_a_guess_ends_where_the_halving_does() -> None:
             return n <= edge  # noqa: B023
 
         asked: list[int] = []
-        plain = _largest(fits, upper)
+        plain = largest(fits, upper)
         for guess in (-3, 0, edge, edge + 1, edge - 2, rng.randint(0, upper), upper, upper + 5):
-            found = _largest(lambda n: asked.append(n) or fits(n), upper, guess)  # noqa: B023
+            found = largest(lambda n: asked.append(n) or fits(n), upper, guess)  # noqa: B023
             assert found == plain == max(edge, 0)
     near = []
-    _largest(lambda n: near.append(n) or n <= 30, 100, 30)
+    largest(lambda n: near.append(n) or n <= 30, 100, 30)
     assert len(near) == 2  # a right guess: two sizes, not seven
 
 

@@ -1,0 +1,90 @@
+"""How many papers an email shows, in full and at all, under the HTML budget (DIGEST_HTML_BUDGET).
+
+`fit` searches the choices by their size (the reference rendering measures whole renderings,
+digest/render.py; the fast path sums finished pieces, digest/assemble.py), `fit_holds` checks a
+choice at its edges (the sampled emails' safety net). Both assume what is true of the emails:
+showing more papers, or more of them in full, never makes the HTML smaller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+
+def fit(
+    size: Callable[[int, int], int],
+    total: int,
+    budget: int,
+    guess: Callable[[], int] | None = None,
+) -> tuple[int, int]:
+    """How many of `total` papers to show in full and how many at all, given the HTML `size`
+    of each choice: all in full if that fits, else as many in full as fit with the rest
+    compact, else (none in full) as many compact ones as fit. `guess`: where the number in
+    full probably is (the answer is the same, found with fewer sizes when the guess is near)."""
+    if size(total, total) <= budget:
+        return total, total
+    full = largest(lambda n: size(n, total) <= budget, total, guess() if guess else None)
+    if full > 0 or size(0, total) <= budget:
+        return full, total
+    return 0, largest(lambda n: size(0, n) <= budget, total)
+
+
+def largest(fits: Callable[[int], bool], upper: int, guess: int | None = None) -> int:
+    """The largest n in [0, upper] with fits(n), assuming fits is monotone and fits(0) or n=0.
+    From a `guess`: steps of 1, 2, 4... away from it until the answer is bracketed, then the
+    same halving (the same answer as without a guess)."""
+    low, high = 0, upper  # every n above `high` does not fit; `low` fits, or is 0
+    if guess is not None and upper > 0:
+        probe, step = min(max(guess, 0), upper), 1
+        if fits(probe):
+            low = probe
+            while low < high:
+                probe = min(low + step, high)
+                if not fits(probe):
+                    high = probe - 1
+                    break
+                low, step = probe, step * 2
+        else:
+            high = probe - 1
+            while low < high:
+                probe = max(high - step + 1, low + 1)
+                if fits(probe):
+                    low = probe
+                    break
+                high, step = probe - 1, step * 2
+    while low < high:
+        mid = (low + high + 1) // 2
+        if fits(mid):
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def fit_holds(
+    size: Callable[[int, int], int], total: int, budget: int, full: int, shown: int
+) -> bool:
+    """Whether `fit(size, total, budget)` gives (`full`, `shown`), asking `size` at most
+    three times: at the edges of the choice (a choice's size grows with its papers, which
+    `fit`'s binary search assumes too, so the largest that fits is the one just below the
+    first that does not)."""
+    memo: dict[tuple[int, int], int] = {}
+
+    def fits(f: int, s: int) -> bool:
+        if (f, s) not in memo:
+            memo[f, s] = size(f, s)
+        return memo[f, s] <= budget
+
+    if total == 0 or (full, shown) == (total, total):
+        return (full, shown) == (0, 0) if total == 0 else fits(total, total)
+    if fits(total, total):
+        return False
+    if shown == total:  # as many in full as fit, the rest compact
+        return fits(full, total) and not fits(full + 1, total)
+    # None in full, and as many compact ones as fit.
+    return (
+        full == 0
+        and not fits(0, total)
+        and (shown == 0 or fits(0, shown))  # (the search ends at none when none fits)
+        and not fits(0, shown + 1)
+    )
