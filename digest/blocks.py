@@ -143,9 +143,10 @@ class Blocks:
         }
         piece = _Piece(
             skeleton,
-            fills,
-            cuts["html"].weight + sum(f[2] for f in fills["html"] if f is not None),
-            cuts["html_compact"].weight + sum(f[2] for f in fills["html_compact"] if f is not None),
+            {kind: tuple(f[0] for f in got) for kind, got in fills.items()},
+            {kind: tuple(f[1] for f in got) for kind, got in fills.items()},
+            cuts["html"].weight + sum(f[2] for f in fills["html"]),
+            cuts["html_compact"].weight + sum(f[2] for f in fills["html_compact"]),
         )
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()

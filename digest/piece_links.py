@@ -19,7 +19,7 @@ import re
 
 from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE, qp_weight
-from digest.pieces import Link, _html_attr, _Part, _part
+from digest.pieces import Links, _html_attr, _Part, _part
 
 _PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
 _SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are
@@ -52,16 +52,16 @@ class EmailLinks:
         self.plain = bool(_PLAIN_URL.fullmatch(start))
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
-        self._made: dict[str, tuple[tuple[Link, Link], tuple[Link, Link]]] = {}
+        self._made: dict[str, tuple[Links, Links]] = {}
 
     def weight(self, paper_id: str) -> int:
         """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
         if self.plain and _PLAIN_ID.fullmatch(paper_id.replace("/", "!")):
             return 2 * (self.html_start[2] + _TAIL + len(paper_id) + 1)  # + the closing quote
-        more, less = self.pair(paper_id, "html")
-        return sum(qp_weight(link[0] + link[2]) for link in (more, less))
+        texts, _ = self.pair(paper_id, "html")
+        return qp_weight("".join(texts))
 
-    def pair(self, paper_id: str, kind: str) -> tuple[Link, Link]:
+    def pair(self, paper_id: str, kind: str) -> Links:
         """The paper's two links ("More like this", "Not for me") as a piece of `kind` (html,
         html_compact, text, text_compact) writes them (`_Piece.write`): one MAC a paper."""
         found = self._made.get(paper_id)
@@ -69,8 +69,8 @@ class EmailLinks:
             found = self._made[paper_id] = self._make(paper_id)
         return found[kind[0] == "t"]
 
-    def _make(self, paper_id: str) -> tuple[tuple[Link, Link], tuple[Link, Link]]:
-        """((HTML more, HTML less), (text more, text less)) of one paper."""
+    def _make(self, paper_id: str) -> tuple[Links, Links]:
+        """(HTML, text) links of one paper."""
         more, less = self.links.tails(paper_id)
         if self.plain and _SHORT.fullmatch(more) and _SHORT.fullmatch(less):
             # The shared start, then the tail as `_short` encodes it (the tails are short and
@@ -78,22 +78,21 @@ class EmailLinks:
             (html, html_code, _), (text, text_code, _) = self.html_start, self.text_start
             quoted_more, quoted_less = more + '"', less + '"'
             return (
-                (
-                    (html, html_code, quoted_more, quoted_more.encode() + b"=\r\n"),
-                    (html, html_code, quoted_less, quoted_less.encode() + b"=\r\n"),
-                ),
-                (
-                    (text, text_code, more, more.encode() + b"=\r\n"),
-                    (text, text_code, less, less.encode() + b"=\r\n"),
-                ),
+                (html, quoted_more, html, quoted_less),
+                (html_code, _soft(quoted_more), html_code, _soft(quoted_less)),
+            ), (
+                (text, more, text, less),
+                (text_code, _soft(more), text_code, _soft(less)),
             )
         start = self.links.base + self.links.signed + "~"
-        html_links = tuple(_whole(_href(start + tail)) for tail in (more, less))
-        text_links = tuple(_whole(start + tail) for tail in (more, less))
-        return (html_links[0], html_links[1]), (text_links[0], text_links[1])
+        return _whole(_href(start + more), _href(start + less)), _whole(start + more, start + less)
 
 
-def _whole(text: str) -> Link:
-    """A link written as one part."""
-    finished = _part(text)
-    return finished[0], finished[1], "", b""
+def _soft(text: str) -> bytes:
+    return text.encode() + b"=\r\n"
+
+
+def _whole(more: str, less: str) -> Links:
+    """Two links each written as one part (an empty end)."""
+    (more, more_code, _), (less, less_code, _) = _part(more), _part(less)
+    return (more, "", less, ""), (more_code, b"", less_code, b"")

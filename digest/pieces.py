@@ -8,9 +8,11 @@ email. Made by digest/blocks.py, joined into emails by digest/layouts.py.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from operator import itemgetter
+from typing import Any
 
 from lxml import etree
 
@@ -93,31 +95,50 @@ def _part(text: str) -> _Part:
 
 @dataclass(frozen=True)
 class _Cut:
-    """One form of a paper's block cut at its holes: the finished literal runs (strings and
-    their encodings: one more run than holes, some empty) and the holes' names between them;
-    `weight`: the runs' mailer.qp_weight."""
+    """One form of a paper's block cut at its holes: its literal strings (and their encodings)
+    and the names of the holes between them; `weight`: the literals' mailer.qp_weight; `fills`:
+    how many holes are not links. `order` picks, from (literals + the fills + the links'
+    four strings), the form's parts in order: a reader's version is written with one C call."""
 
-    strings: tuple[tuple[str, ...], ...]
-    codes: tuple[tuple[bytes, ...], ...]
+    strings: tuple[str, ...]
+    codes: tuple[bytes, ...]
     holes: tuple[str, ...]
     weight: int
+    fills: int
+    order: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+
+
+def _picker(indices: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    if len(indices) >= 2:
+        return itemgetter(*indices)
+    return lambda items: tuple(items[i] for i in indices)
 
 
 def _cut_at_holes(items: tuple[_Part | str, ...]) -> _Cut:
-    """A `Blocks._holes` result as literal runs between the holes."""
-    runs: list[list[_Part]] = [[]]
-    holes: list[str] = []
+    """A `Blocks._holes` result (literal parts, hole names) as a `_Cut`."""
+    literals = [item for item in items if isinstance(item, tuple)]
+    holes = tuple(item for item in items if isinstance(item, str))
+    fills = sum(1 for hole in holes if hole not in LINK_NAMES)
+    links_at = len(literals) + fills  # where the four link strings are in what `order` picks from
+    indices: list[int] = []
+    literal = fill = 0
     for item in items:
         if isinstance(item, tuple):
-            runs[-1].append(item)
+            indices.append(literal)
+            literal += 1
+        elif item in LINK_NAMES:
+            first = links_at + 2 * LINK_NAMES.index(item)
+            indices += (first, first + 1)
         else:
-            holes.append(item)
-            runs.append([])
+            indices.append(len(literals) + fill)
+            fill += 1
     return _Cut(
-        tuple(tuple(p[0] for p in run) for run in runs),
-        tuple(tuple(p[1] for p in run) for run in runs),
-        tuple(holes),
-        sum(p[2] for run in runs for p in run),
+        tuple(p[0] for p in literals),
+        tuple(p[1] for p in literals),
+        holes,
+        sum(p[2] for p in literals),
+        fills,
+        _picker(indices),
     )
 
 
@@ -134,48 +155,35 @@ class _Skeleton:
     cuts: dict[str, _Cut]
 
 
-# A link written into a piece's link hole: (start, its encoding, end, its encoding).
-Link = tuple[str, bytes, str, bytes]
+# A paper's two links as a piece writes them: (more start, more end, less start, less end),
+# and the same four encoded.
+Links = tuple[tuple[str, str, str, str], tuple[bytes, bytes, bytes, bytes]]
+_NO_LINKS: Links = ((), ())  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block: its skeleton, and per kind what fills each of
-    its holes (None for the feedback links' holes, which `write` fills from the reader's
-    links: piece_links.EmailLinks); the HTML sizes (mailer.qp_weight, without the links)."""
+    """One reader's version of a paper block: its skeleton, and per kind the strings (and
+    encodings) that fill its holes, links left out (`write` puts the reader's links in:
+    piece_links.EmailLinks); the HTML sizes (mailer.qp_weight, without the links)."""
 
     skeleton: _Skeleton
-    fills: dict[str, tuple[_Part | None, ...]]
+    texts: dict[str, tuple[str, ...]]
+    codes: dict[str, tuple[bytes, ...]]
     html_size: int
     html_compact_size: int
 
     def write(
-        self,
-        kind: str,
-        out: list[str],
-        encoded: list[bytes],
-        links: tuple[Link, Link] | None = None,
+        self, kind: str, out: list[str], encoded: list[bytes], links: Links | None = None
     ) -> None:
         """Append this block in `kind` to `out` and its quoted-printable encoding to `encoded`,
         with `links` ("More like this", "Not for me") in its link holes."""
         cut = self.skeleton.cuts[kind]
-        strings, codes = cut.strings, cut.codes
-        out += strings[0]
-        encoded += codes[0]
-        for k, fill in enumerate(self.fills[kind], 1):
-            if fill is None:
-                if links is None:
-                    raise _Slow
-                link = links[cut.holes[k - 1] == "L"]
-                out.append(link[0])
-                out.append(link[2])
-                encoded.append(link[1])
-                encoded.append(link[3])
-            else:
-                out.append(fill[0])
-                encoded.append(fill[1])
-            out += strings[k]
-            encoded += codes[k]
+        texts, codes = links or _NO_LINKS
+        if len(texts) != 2 * (len(cut.holes) - cut.fills):
+            raise _Slow  # links for a block without them, or none for one with them
+        out += cut.order(cut.strings + self.texts[kind] + texts)
+        encoded += cut.order(cut.codes + self.codes[kind] + codes)
 
     def parts(self, kind: str) -> tuple[list[str], list[bytes]]:
         """The strings of this block in `kind` and their encodings (without links)."""
@@ -185,9 +193,9 @@ class _Piece:
         return out, encoded
 
 
-def _aligned(cut: _Cut, fills: dict[str, _Part]) -> tuple[_Part | None, ...]:
-    """What fills each hole of `cut`, in order (None for a link)."""
+def _aligned(cut: _Cut, fills: dict[str, _Part]) -> tuple[_Part, ...]:
+    """What fills each hole of `cut` but the links, in order."""
     try:
-        return tuple(None if hole in LINK_NAMES else fills[hole] for hole in cut.holes)
+        return tuple(fills[hole] for hole in cut.holes if hole not in LINK_NAMES)
     except KeyError:
         raise _Slow from None

@@ -213,9 +213,9 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
     key = next(iter(renderer.blocks._keys))
     entry, piece = renderer.blocks._keys[key]
-    wrong = ("<p>wrong</p>", b"<p>wrong</p>=\r\n", 11)
-    fills = {kind: tuple(wrong if f else f for f in got) for kind, got in piece.fills.items()}
-    renderer.blocks._keys[key] = (entry, replace(piece, fills=fills))
+    texts = {kind: ("<p>wrong</p>",) * len(got) for kind, got in piece.texts.items()}
+    codes = {kind: (b"<p>wrong</p>=\r\n",) * len(got) for kind, got in piece.codes.items()}
+    renderer.blocks._keys[key] = (entry, replace(piece, texts=texts, codes=codes))
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
     assert renderer.mismatches == 1
