@@ -1,8 +1,8 @@
 """Sending: built emails through the outbox to the mail server, and what became of each.
 
 The main thread commits each email to the outbox as pending (a few at a time, in one commit)
-before handing it to the SMTP pool (digest/smtp.py); each sender thread records a 250 as sent
-itself, on its own database connection, before its connection carries the next email. Every
+before handing it to the SMTP pool (digest/smtp_pool.py); each sender thread records a 250 as
+sent itself, on its own database connection, before its connection carries the next email. Every
 other outcome comes back here: a 5xx fails the email (counting towards suspending the
 address); a 4xx or a cut-off connection is tried again within the run, `DIGEST_SMTP_RETRIES`
 times with a doubling backoff, after the other subscribers, then deferred (4xx: its papers go
@@ -30,7 +30,8 @@ from digest.dkim import Signer
 from digest.fetch import retry_delay
 from digest.models import Subscriber
 from digest.report import Outcome, Timings
-from digest.smtp import Pool, SendResult
+from digest.smtp import SendResult
+from digest.smtp_pool import Pool
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,11 @@
 - `GET /likes/<token>` lists the reader's liked papers, each with a Remove button
   (`POST /likes/<token>/remove`). A like from the likes column of subscribers.csv is removed
   from the file too.
+- The pages are digest/templates/feedback.html and likes.html, in the layout every page of
+  `digest serve` shares (base.html, through digest/pages.py).
 - A token not signed with DIGEST_SECRET (forged, altered, cut) gets a 400 page, nothing else.
-  The tokens are made and read in digest/feedback_links.py (one signature per reader, an HMAC
-  per reader, kind and paper), which the send path uses for the links of every email.
+  The tokens are made and read in digest/feedback_links.py (one signature per reader, a keyed
+  BLAKE2b MAC per reader and paper), which the send path uses for the links of every email.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import sqlite_utils
-from flask import Blueprint, Response, render_template_string, request
+from flask import Blueprint, Response, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from digest import feedback_links, feedback_store, roster, store, subscribers
@@ -28,80 +30,12 @@ from digest.config import Settings
 from digest.errors import DigestError
 from digest.feedback_links import LIKES_SALT
 from digest.models import Paper, Subscriber
+from digest.pages import notice, page
 
 log = logging.getLogger(__name__)
 
 KINDS = {"more": "like", "less": "dislike"}  # link kind -> what is recorded
 BUTTONS = {"like": "More like this", "dislike": "Not for me"}
-
-PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<meta name="robots" content="noindex">
-<title>{{ title }} - arXiv digest</title>
-<style>
-  body { font-family: -apple-system, "Segoe UI", Roboto, Helvetica, Arial, sans-serif;
-         background: #f6f8fa; color: #1f2328; margin: 0; padding: 32px 16px; }
-  main { max-width: 600px; margin: 0 auto; background: #fff; border: 1px solid #d1d9e0;
-         border-radius: 8px; padding: 24px 28px; }
-  h1 { font-size: 22px; margin: 0 0 12px; }
-  p { line-height: 1.5; }
-  .note, .error { border-radius: 6px; padding: 8px 12px; }
-  .note { background: #ddf4ff; border: 1px solid #54aeff66; }
-  .error { background: #ffebe9; border: 1px solid #ff818266; }
-  .paper { border-left: 3px solid #0969da; padding: 4px 12px; margin: 12px 0 20px; }
-  ul { list-style: none; padding: 0; margin: 0 0 20px; }
-  li { display: flex; justify-content: space-between; align-items: center; gap: 12px;
-       border-bottom: 1px solid #d1d9e0; padding: 8px 0; }
-  form { margin: 0; }
-  button { font: inherit; border-radius: 6px; border: 1px solid #d1d9e0; background: #f6f8fa;
-           padding: 5px 14px; cursor: pointer; }
-  button.primary { background: #1f883d; border-color: #1a7f37; color: #fff; font-weight: 600;
-                   padding: 8px 18px; }
-  .meta { color: #59636e; font-size: 14px; }
-</style>
-</head>
-<body>
-<main>
-<h1>{{ title }}</h1>
-{% if message %}<p class="{{ 'error' if error else 'note' }}">{{ message }}</p>{% endif %}
-{% if paper_id %}
-<div class="paper">
-  <a href="https://arxiv.org/abs/{{ paper_id }}">{{ paper.title if paper else paper_id }}</a>
-  {% if paper %}<div class="meta">{{ paper.authors | join(", ") }}</div>{% endif %}
-</div>
-{% endif %}
-{% if button %}
-<form method="post" action="{{ action }}">
-  <button type="submit" class="primary">{{ button }}</button>
-</form>
-{% endif %}
-{% if undo %}
-<form method="post" action="{{ undo }}"><button type="submit">Undo</button></form>
-{% endif %}
-{% if likes is not none %}
-{% if likes %}
-<ul>
-{% for like in likes %}
-  <li><a href="https://arxiv.org/abs/{{ like.id }}">{{ like.title }}</a>
-    <form method="post" action="{{ remove }}">
-      <input type="hidden" name="paper" value="{{ like.id }}">
-      <button type="submit">Remove</button>
-    </form>
-  </li>
-{% endfor %}
-</ul>
-{% else %}
-<p>No liked papers yet. "More like this" under a paper of your digest adds one.</p>
-{% endif %}
-{% endif %}
-{% if likes_url %}<p class="meta"><a href="{{ likes_url }}">Your likes</a></p>{% endif %}
-</main>
-</body>
-</html>
-"""
 
 
 def make_feedback_token(secret: str, subscriber_key: str, paper_id: str, kind: str) -> str:
@@ -153,19 +87,11 @@ def blueprint(settings: Settings) -> Blueprint:
         finally:
             db.conn.close()
 
-    def page(title: str, status: int = 200, **context: object) -> Response:
-        for name in ("message", "paper_id", "paper", "button", "undo", "likes", "likes_url"):
-            context.setdefault(name, None)
-        context.setdefault("error", False)
-        body = render_template_string(PAGE, title=title, **context)
-        return Response(body, status=status, mimetype="text/html")
-
     def invalid() -> Response:
-        return page(
+        return notice(
             "This link is not valid",
+            "The link is incomplete or was changed. Use the link from your latest digest email.",
             400,
-            message="The link is incomplete or was changed. Use the link from your latest "
-            "digest email.",
             error=True,
         )
 
@@ -183,6 +109,7 @@ def blueprint(settings: Settings) -> Blueprint:
         if done and message is None:
             message = "Noted." if kind == "like" else "Noted: fewer papers like this one."
         return page(
+            "feedback.html",
             BUTTONS[kind],
             message=message,
             paper_id=paper_id,
@@ -236,6 +163,7 @@ def blueprint(settings: Settings) -> Blueprint:
             known = store.papers_by_id(db, liked)
         likes = [{"id": i, "title": known[i].title if i in known else i} for i in liked]
         return page(
+            "likes.html",
             "Your likes",
             message=message,
             likes=likes,

@@ -1,38 +1,28 @@
-"""Readers' feedback and the recommender's cache in SQLite (tables: `migrations._m_feedback`).
+"""Readers' feedback in SQLite (table `feedback`: `migrations._m_feedback`), and a run's
+recommender prepared from it (`prepare`).
 
 - `feedback`: one row per (subscriber, paper): the reader's latest opinion, like or dislike,
   with when and where it came from (csv: the likes column of subscribers.csv; cli; web).
-- `recommend_vocabulary`: the tf-idf vocabulary, refitted only when old or outgrown.
-- `reader_models`: each reader's fitted weights with the key they were fitted for.
+- The recommender's cache (the vocabulary, readers' weights, papers' vectors) is kept in
+  digest/recommend_cache.py; `prepare` reads it and `RunRecommender.save` writes it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import sqlite_utils
 
-from digest import roster, store
+from digest import recommend_cache, roster, store
 from digest.models import Paper
-from digest.recommend import (
-    DEFAULT_MIN_LIKES,
-    DEFAULT_TOP,
-    Recommendation,
-    Recommender,
-    Vector,
-    Vocabulary,
-    Weights,
-)
+from digest.recommend import DEFAULT_MIN_LIKES, DEFAULT_TOP, Recommendation, Recommender
 from digest.subscribers import KEYWORD_SEPARATOR, parse_likes
 
 KINDS = ("like", "dislike")
 SOURCES = ("csv", "cli", "web")
-VOCABULARY_MAX_AGE = timedelta(days=28)
-VOCABULARY_CORPUS = 20_000  # newest papers of the database a vocabulary is fitted from
 
 
 @dataclass(frozen=True)
@@ -145,25 +135,18 @@ def feedback_many(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, F
     500 subscribers."""
     liked: dict[str, list[str]] = {}
     disliked: dict[str, list[str]] = {}
-    wanted = list(keys)
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows = db.execute(
-            "SELECT subscriber, paper_id, kind FROM feedback "
-            f"WHERE subscriber IN ({','.join('?' * len(chunk))}) ORDER BY created_at, rowid",
-            chunk,
-        ).fetchall()
-        for key, paper_id, kind in rows:
-            (liked if kind == "like" else disliked).setdefault(key, []).append(paper_id)
+    rows = store.rows_in(
+        db,
+        "SELECT subscriber, paper_id, kind FROM feedback WHERE subscriber IN ({marks}) "
+        "ORDER BY created_at, rowid",
+        keys,
+    )
+    for key, paper_id, kind in rows:
+        (liked if kind == "like" else disliked).setdefault(key, []).append(paper_id)
     return {
         key: Feedback(tuple(liked.get(key, ())), tuple(disliked.get(key, ())))
         for key in {*liked, *disliked}
     }
-
-
-def feedback_paper_ids(db: sqlite_utils.Database) -> set[str]:
-    """Every paper anyone has an opinion of (what must be in the database to fit models)."""
-    return {row[0] for row in db.execute("SELECT DISTINCT paper_id FROM feedback").fetchall()}
 
 
 def liked_ids_missing(db: sqlite_utils.Database) -> list[str]:
@@ -184,150 +167,6 @@ def liked_categories(db: sqlite_utils.Database) -> list[str]:
         "ORDER BY papers.primary_category"
     ).fetchall()
     return [row[0] for row in rows if row[0]]
-
-
-# The vocabulary --------------------------------------------------------------------------------
-
-
-def load_vocabulary(db: sqlite_utils.Database) -> Vocabulary | None:
-    row = db.execute(
-        "SELECT data, idf, fitted_on, created_at FROM recommend_vocabulary WHERE id = 1"
-    ).fetchone()
-    return Vocabulary.from_stored(row[0], row[1], row[2], row[3]) if row else None
-
-
-def save_vocabulary(db: sqlite_utils.Database, vocabulary: Vocabulary) -> None:
-    """Replace the stored vocabulary; every reader's stored weights go with it."""
-    with store.immediate(db):
-        db.execute("DELETE FROM reader_models")
-        db.execute("DELETE FROM paper_vectors")
-        db.execute(
-            "INSERT OR REPLACE INTO recommend_vocabulary "
-            "(id, version, created_at, fitted_on, data, idf) VALUES (1, ?, ?, ?, ?, ?)",
-            [
-                vocabulary.version,
-                vocabulary.created_at,
-                vocabulary.fitted_on,
-                vocabulary.to_json(),
-                vocabulary.idf.astype(np.float32).tobytes(),
-            ],
-        )
-
-
-def paper_count(db: sqlite_utils.Database) -> int:
-    return int(db.execute("SELECT count(*) FROM papers").fetchone()[0])
-
-
-def current_vocabulary(
-    db: sqlite_utils.Database,
-    now: datetime,
-    fit: Callable[[Sequence[Paper], str], Vocabulary] = Vocabulary.fit,
-) -> Vocabulary | None:
-    """The stored vocabulary, refitted first when there is none, it is older than
-    VOCABULARY_MAX_AGE, or the database has twice the papers it was fitted on. Fitted from the
-    newest VOCABULARY_CORPUS papers and every paper someone has an opinion of. None while the
-    database has no paper."""
-    stored = load_vocabulary(db)
-    count = paper_count(db)
-    if stored is not None:
-        age = now - datetime.fromisoformat(stored.created_at)
-        if age < VOCABULARY_MAX_AGE and count < 2 * max(1, stored.fitted_on):
-            return stored
-    if count == 0:
-        return stored
-    ids = [
-        row[0]
-        for row in db.execute(
-            "SELECT id FROM papers ORDER BY published DESC, id LIMIT ?", [VOCABULARY_CORPUS]
-        ).fetchall()
-    ]
-    corpus = store.papers_by_id(db, [*ids, *sorted(feedback_paper_ids(db))])
-    vocabulary = fit(list(corpus.values()), store.now_iso(now))
-    save_vocabulary(db, vocabulary)
-    return vocabulary
-
-
-# Readers' weights ------------------------------------------------------------------------------
-
-
-def load_weights(db: sqlite_utils.Database, keys: Iterable[str]) -> dict[str, Weights]:
-    """The stored weights of these subscribers (those never fitted are left out)."""
-    found: dict[str, Weights] = {}
-    wanted = list(keys)
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows = db.execute(
-            "SELECT subscriber, key, intercept, threshold, indices, weights FROM reader_models "
-            f"WHERE subscriber IN ({','.join('?' * len(chunk))})",
-            chunk,
-        ).fetchall()
-        for subscriber, key, intercept, threshold, indices, weights in rows:
-            found[subscriber] = Weights(
-                key,
-                intercept,
-                threshold,
-                np.frombuffer(indices, dtype=np.int32),
-                np.frombuffer(weights, dtype=np.float16).astype(np.float32),
-            )
-    return found
-
-
-def save_weights(db: sqlite_utils.Database, fitted: Mapping[str, Weights]) -> None:
-    """Store newly fitted weights (one transaction)."""
-    if not fitted:
-        return
-    when = store.now_iso()
-    with store.immediate(db):
-        db.conn.executemany(
-            "INSERT OR REPLACE INTO reader_models "
-            "(subscriber, key, intercept, threshold, indices, weights, fitted_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    key,
-                    w.key,
-                    w.intercept,
-                    w.threshold,
-                    w.indices.astype(np.int32).tobytes(),
-                    w.values.astype(np.float16).tobytes(),
-                    when,
-                )
-                for key, w in fitted.items()
-            ],
-        )
-
-
-def load_vectors(db: sqlite_utils.Database, version: str, ids: Iterable[str]) -> dict[str, Vector]:
-    """The stored tf-idf vectors of these papers under vocabulary `version`."""
-    found: dict[str, Vector] = {}
-    wanted = list(ids)
-    for start in range(0, len(wanted), 500):
-        chunk = wanted[start : start + 500]
-        rows = db.execute(
-            "SELECT paper_id, indices, data FROM paper_vectors WHERE version = ? "
-            f"AND paper_id IN ({','.join('?' * len(chunk))})",
-            [version, *chunk],
-        ).fetchall()
-        for paper_id, indices, data in rows:
-            found[paper_id] = (
-                np.frombuffer(indices, dtype=np.int32),
-                np.frombuffer(data, dtype=np.float32),
-            )
-    return found
-
-
-def save_vectors(db: sqlite_utils.Database, version: str, vectors: Mapping[str, Vector]) -> None:
-    if not vectors:
-        return
-    with store.immediate(db):
-        db.conn.executemany(
-            "INSERT OR REPLACE INTO paper_vectors (paper_id, version, indices, data) "
-            "VALUES (?, ?, ?, ?)",
-            [
-                (pid, version, i.astype(np.int32).tobytes(), d.astype(np.float32).tobytes())
-                for pid, (i, d) in vectors.items()
-            ],
-        )
 
 
 # One run -----------------------------------------------------------------------------------------
@@ -386,10 +225,11 @@ class RunRecommender:
         returns how many readers' weights."""
         if self.recommender is None:
             return 0
-        save_weights(db, self.recommender.fitted)
+        recommend_cache.save_weights(db, self.recommender.fitted)
         new = self.recommender.new_vectors
         version = self.recommender.vocabulary.version
-        save_vectors(db, version, {pid: v for pid, v in new.items() if pid in self.reused})
+        reused = {pid: v for pid, v in new.items() if pid in self.reused}
+        recommend_cache.save_vectors(db, version, reused)
         return len(self.recommender.fitted)
 
 
@@ -407,7 +247,7 @@ def prepare(
     feedback = feedback_many(db, keys)
     if not any(f.liked for f in feedback.values()):
         return RunRecommender(None, feedback)
-    vocabulary = current_vocabulary(db, now)
+    vocabulary = recommend_cache.current_vocabulary(db, now)
     if vocabulary is None:
         return RunRecommender(None, feedback)
     wanted = {pid for f in feedback.values() for pid in (*f.liked, *f.disliked)}
@@ -415,6 +255,7 @@ def prepare(
     papers = {p.id: p for p in candidates}
     papers.update(store.papers_by_id(db, sorted(wanted - set(papers))))
     readers = [key for key, f in feedback.items() if f.liked]
-    vectors = load_vectors(db, vocabulary.version, sorted(wanted & set(papers)))
-    recommender = Recommender(papers.values(), vocabulary, load_weights(db, readers), vectors)
+    vectors = recommend_cache.load_vectors(db, vocabulary.version, sorted(wanted & set(papers)))
+    weights = recommend_cache.load_weights(db, readers)
+    recommender = Recommender(papers.values(), vocabulary, weights, vectors)
     return RunRecommender(recommender, feedback, wanted)

@@ -1,5 +1,6 @@
-"""Talking to the mail server: one `Messenger` per SMTP connection, and a `Pool` of sender
-threads, one connection each, that only push messages and say how each fared.
+"""Talking to the mail server: one `Messenger` per SMTP connection, sharing a rate through a
+`Spacer`; `abort_all` cuts them all at once. The sender threads, one Messenger each, are the
+`Pool` of digest/smtp_pool.py.
 
 Messages come as bytes from digest/mailer.py, already CRLF-ended and dot-safe: they go to the
 socket as they are (smtplib's `data` would scan every message again for line ends and leading
@@ -9,12 +10,9 @@ dots, ~1.5 ms of CPU per 130 KB); anything else takes smtplib's own path.
 from __future__ import annotations
 
 import contextlib
-import logging
-import queue
 import smtplib
 import socket
 import ssl
-import sys
 import threading
 import time
 import weakref
@@ -22,14 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parseaddr
 from types import TracebackType
-from typing import Generic, Protocol, TypeVar
 
 from digest.config import Settings
 from digest.errors import SmtpError
 from digest.mailer import header_value
 from digest.reports import verp_address
-
-log = logging.getLogger(__name__)
 
 
 def wire_ready(data: bytes) -> bool:
@@ -273,134 +268,3 @@ def _text(reply: bytes | str) -> str:
     if isinstance(reply, bytes):
         reply = reply.decode("utf-8", "replace")
     return header_value(reply)
-
-
-class Job(Protocol):
-    data: bytes
-    to: str
-
-
-J = TypeVar("J", bound=Job)
-
-SENDER_SWITCH_INTERVAL = 0.0005  # seconds; Python's default is 0.005
-
-
-class Pool(Generic[J]):
-    """One thread per SMTP connection (DIGEST_SMTP_CONNECTIONS), each with its own Messenger
-    reused for many messages. A sender only sends: `accepted(job)` runs on its thread right
-    after a 250, before that connection carries the next message (the outbox records it as
-    sent there); every result then goes back to the caller through `results`. Each message
-    goes to the connection with the fewest waiting, in turn among equals."""
-
-    def __init__(
-        self,
-        settings: Settings,
-        accepted: Callable[[J], None],
-        finished: Callable[[], None] = lambda: None,
-        seal: Callable[[bytes], bytes] | None = None,
-    ) -> None:
-        spacer = Spacer(settings.smtp_rate)  # DIGEST_SMTP_RATE is for all connections together
-        self.messengers = [Messenger(settings, spacer) for _ in range(settings.smtp_connections)]
-        self.accepted, self.finished = accepted, finished
-        # The last touch on each message, on its sender's thread (the DKIM signature: OpenSSL
-        # and hashlib let go of the GIL, so it runs beside the main thread's building).
-        self.seal = seal
-        self.jobs: list[queue.SimpleQueue[J | None]] = [
-            queue.SimpleQueue() for _ in self.messengers
-        ]
-        self.load = [0] * len(self.messengers)  # messages handed to each, result not yet taken
-        self.turn = 0
-        self.results: queue.SimpleQueue[tuple[J, SendResult | Exception]] = queue.SimpleQueue()
-        self.threads: list[threading.Thread] = []
-        self.switch_interval: float | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.messengers)
-
-    def connect(self, *, refresh: bool = False) -> None:
-        """Open every connection (`refresh`: check each is still alive, else reopen it); only
-        while no message is out. Raises SmtpError when the first cannot be opened."""
-        for n, messenger in enumerate(list(self.messengers)):
-            try:
-                if refresh:
-                    messenger.refresh()
-                elif not messenger.connected:
-                    messenger.connect()
-            except SmtpError as exc:
-                if n == 0 or self.threads:
-                    raise
-                # e.g. a server that limits connections per client: go on with fewer
-                log.warning("sending over %d SMTP connections, not more: %s", n, exc)
-                del self.messengers[n:], self.jobs[n:], self.load[n:]
-                return
-
-    def submit(self, job: J) -> int:
-        """Hand `job` to a connection; returns which."""
-        if not self.threads:
-            # The senders mostly wait on the server; when a reply comes they must get the GIL
-            # from the main thread (building the next emails) at once, not after the default
-            # 5 ms, or each connection idles for a few ms at every reply.
-            self.switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(SENDER_SWITCH_INTERVAL)
-            for n, (messenger, jobs) in enumerate(zip(self.messengers, self.jobs, strict=True)):
-                thread = threading.Thread(
-                    target=self._work, args=(messenger, jobs), name=f"smtp-{n + 1}", daemon=True
-                )
-                thread.start()
-                self.threads.append(thread)
-        order = [(self.turn + k) % self.size for k in range(self.size)]
-        chosen = min(order, key=lambda n: self.load[n])
-        self.turn = (chosen + 1) % self.size
-        self.load[chosen] += 1
-        self.jobs[chosen].put(job)
-        return chosen
-
-    def done(self, connection: int) -> None:
-        """The caller took a result of `connection`."""
-        self.load[connection] -= 1
-
-    def _work(self, messenger: Messenger, jobs: queue.SimpleQueue[J | None]) -> None:
-        try:
-            while (job := jobs.get()) is not None:
-                try:
-                    data = self.seal(job.data) if self.seal is not None else job.data
-                    result: SendResult | Exception = messenger.send(data, job.to)
-                    if isinstance(result, SendResult) and result.accepted:
-                        self.accepted(job)
-                except Exception as exc:  # SmtpError (the server is gone), the database, or a
-                    result = exc  # bug: the caller stops the run; the email stays pending
-                self.results.put((job, result))
-        finally:
-            self.finished()
-
-    def take_back(self) -> list[tuple[J, int]]:
-        """The jobs handed out that no sender has picked up yet, with their connection."""
-        jobs = []
-        for connection, waiting in enumerate(self.jobs):
-            while True:
-                try:
-                    job = waiting.get_nowait()
-                except queue.Empty:
-                    break
-                if job is not None:
-                    jobs.append((job, connection))
-                    self.done(connection)
-        return jobs
-
-    def abort(self) -> None:
-        """From any thread: stop waiting on the server (sends in progress come back cut off)."""
-        for messenger in self.messengers:
-            messenger.abort()
-
-    def close(self) -> None:
-        for jobs in self.jobs:
-            jobs.put(None)
-        for thread in self.threads:
-            thread.join()
-        self.threads = []
-        if self.switch_interval is not None:
-            sys.setswitchinterval(self.switch_interval)
-            self.switch_interval = None
-        for messenger in self.messengers:
-            messenger.close()

@@ -15,7 +15,7 @@ from typing import Any
 from digest import bounce_log, outbox, runlog, store, subscribers, volume
 from digest.config import Settings
 from digest.errors import DigestError
-from digest.scheduler import REASONS, local_day, missed_day, plan_from_db
+from digest.timetable import REASONS, local_day, missed_day, plan_from_db
 
 # The daemon says it is alive every TICK_SECONDS and after each email; fetching from a slow
 # arXiv can keep it busy for minutes, so only a long silence counts as dead.

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlite_utils
 
@@ -163,11 +164,26 @@ def save_papers(db: sqlite_utils.Database, papers: Iterable[Paper]) -> int:
     return changed
 
 
+IN_CHUNK = 500  # values bound per `IN (...)`, well under SQLite's limit of bound variables
+
+
+def rows_in(
+    db: sqlite_utils.Database, sql: str, values: Iterable[object], params: Iterable[object] = ()
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of `sql`, whose `{marks}` is the list of an `IN (...)`, for every one of
+    `values` (bound after `params`): one query per IN_CHUNK values, however many there are."""
+    wanted, before = list(values), list(params)
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
+        marks = ",".join("?" * len(chunk))
+        yield from db.execute(sql.format(marks=marks), [*before, *chunk]).fetchall()
+
+
 def papers_by_id(db: sqlite_utils.Database, ids: Iterable[str]) -> dict[str, Paper]:
     wanted = list(dict.fromkeys(ids))
     found: dict[str, Paper] = {}
-    for chunk_start in range(0, len(wanted), 500):
-        chunk = wanted[chunk_start : chunk_start + 500]
+    for chunk_start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[chunk_start : chunk_start + IN_CHUNK]
         marks = ",".join("?" * len(chunk))
         for row in db.query(f"SELECT * FROM papers WHERE id IN ({marks})", chunk):
             found[row["id"]] = _paper(row)

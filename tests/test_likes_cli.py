@@ -101,3 +101,18 @@ def test_csv_likes_sync_into_the_table_without_undoing_web_opinions(tmp_path: Pa
     feedback_store.sync_csv_likes(db, {"ada@example.org": []})
     mine = feedback_store.feedback_many(db, ["ada@example.org"])["ada@example.org"]
     assert mine.liked == ("2401.00004",)
+
+
+def test_feedback_of_more_readers_than_one_query_binds(tmp_path: Path) -> None:
+    """`feedback_many` reads IN_CHUNK readers per query: 1,201 readers take three, and each
+    reader's opinions come back complete."""
+    db = store.open_db(tmp_path / "digest.db")
+    keys = [f"reader{n:04d}@example.org" for n in range(2 * store.IN_CHUNK + 201)]
+    likes = {key: [f"2401.{n:05d}", "2401.99999"] for n, key in enumerate(keys)}
+    feedback_store.sync_csv_likes(db, likes)
+    feedback_store.record(db, keys[-1], "2401.88888", "dislike", "web")
+    found = feedback_store.feedback_many(db, ["nobody@example.org", *keys])
+    assert sorted(found) == keys
+    assert all(sorted(found[key].liked) == sorted(likes[key]) for key in keys)
+    assert found[keys[-1]].disliked == ("2401.88888",)
+    assert found[keys[0]].disliked == ()

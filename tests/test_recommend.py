@@ -10,7 +10,7 @@ import pytest
 from standins import Paper as PaperDict
 from standins import base_id, load_papers, recent
 
-from digest import feedback_store, store
+from digest import feedback_store, recommend_cache, store
 from digest.models import Paper, split_version
 from digest.recommend import Recommender, Vocabulary
 
@@ -153,7 +153,7 @@ def test_models_are_cached_between_runs_and_refitted_when_feedback_changes(
     first, picks, order = run(NOW)
     assert first.save(db) == 2
     assert picks[0] and picks[1]
-    version = feedback_store.load_vocabulary(db).version
+    version = recommend_cache.load_vocabulary(db).version
 
     second, again, order_again = run(NOW + timedelta(days=1))
     assert second.recommender is not None and second.recommender.fitted == {}  # all cached
@@ -167,10 +167,10 @@ def test_models_are_cached_between_runs_and_refitted_when_feedback_changes(
 
     # After VOCABULARY_MAX_AGE the vocabulary is refitted and every model with it.
     store.save_papers(db, biology_papers())  # new papers, new words
-    later = NOW + feedback_store.VOCABULARY_MAX_AGE + timedelta(days=1)
+    later = NOW + recommend_cache.VOCABULARY_MAX_AGE + timedelta(days=1)
     fourth, _, _ = run(later)
-    assert feedback_store.load_vocabulary(db).version != version
-    assert feedback_store.load_vocabulary(db).created_at == store.now_iso(later)
+    assert recommend_cache.load_vocabulary(db).version != version
+    assert recommend_cache.load_vocabulary(db).created_at == store.now_iso(later)
     assert set(fourth.recommender.fitted) == {ADA, grace}
 
 
@@ -183,4 +183,4 @@ def test_a_reader_without_likes_changes_nothing(seeds, tmp_path: Path) -> None:
     assert prepared.recommender is None  # nobody likes anything: no vocabulary, no vectors
     assert prepared.recommend(ADA, today) == []
     assert prepared.order(ADA, today) == today
-    assert feedback_store.load_vocabulary(db) is None
+    assert recommend_cache.load_vocabulary(db) is None

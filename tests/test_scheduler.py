@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from digest.scheduler import (
+from digest.timetable import (
     MAX_ATTEMPTS,
     RETRY_MAX,
     local_day,
