@@ -15,7 +15,7 @@ half.) A paper of another field shares no words with the likes and never passes.
 What is expensive is kept between runs:
 
 - The `Vocabulary` (terms, idf weights and the background ids) is fitted from the papers in the
-  database and stored (see `feedback_store`); it is refitted only when it is old or the database
+  database and stored (see `recommend_cache`); it is refitted only when it is old or the database
   has grown a lot. Its `version` is a hash of what it holds.
 - A reader's fitted weights are stored keyed by a hash of (vocabulary version, likes, dislikes):
   a reader whose feedback did not change since the last run is not fitted again.
@@ -195,7 +195,7 @@ class Recommender:
 
     `papers` are every paper the run may rank or recommend plus the liked and disliked papers of
     the readers and the vocabulary's background papers (those missing are simply left out).
-    `cache` maps a reader's key to their stored `Weights` (see `feedback_store.load_weights`);
+    `cache` maps a reader's key to their stored `Weights` (see `recommend_cache.load_weights`);
     newly fitted weights are collected in `fitted` for the caller to store.
     """
 

@@ -52,7 +52,10 @@ def test_healthz_no_banner_and_sigterm_exits_cleanly(digest: Digest) -> None:
 
 def test_a_body_over_the_limit_is_refused_and_never_echoed(served: Served) -> None:
     link = f"{served.url}/unsubscribe/{make_token(SECRET, ADA)}/keywords/remove"
-    status, body, _ = http(link, {"keyword": "x" * 1_000_000})
+    # Over the limit by a little: the body is all sent before the answer (a megabyte still in
+    # flight when the server closes can make the kernel reset the connection before the client
+    # reads the 413).
+    status, body, _ = http(link, {"keyword": "x" * 20_000})
     assert status == 413
     assert "xxxxxxxxxx" not in body
     # Within the limit but long: the answer quotes at most MAX_FIELD characters of it.
