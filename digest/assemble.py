@@ -34,7 +34,7 @@ from dataclasses import replace
 from itertools import accumulate
 
 from digest.blocks import _VALUES, Blocks
-from digest.budget import fit
+from digest.budget import fit, largest
 from digest.feedback_links import ReaderLinks
 from digest.layouts import Layout, Layouts, fill
 from digest.mailer import qp_size, qp_weight
@@ -82,8 +82,9 @@ class Renderer:
         return self.layouts.made
 
     @property
-    def _pieces(self) -> dict[tuple[int, int], _Piece]:
-        """The readers' versions of blocks made so far (a copy, for looking at)."""
+    def _pieces(self) -> dict[tuple[int, int, bool, bool], _Piece]:
+        """The readers' versions of blocks made so far, by (entry, upvotes, links, compact):
+        a copy, for looking at."""
         return {key: piece for key, (_, piece) in self.blocks._keys.items()}
 
     @property
@@ -200,15 +201,26 @@ class Renderer:
         links: ReaderLinks | None,
     ) -> tuple[RenderedEmail, tuple[object, ...]]:
         entries = digest.entries
-        blocks, upvotes, with_links = self.blocks, digest.upvotes, links is not None
-        pieces = [blocks.piece(e, upvotes.get(e.paper.id, 0), with_links) for e in entries]
+        total = len(entries)
+        piece, upvotes, with_links = self.blocks.piece, digest.upvotes, links is not None
         ids = [e.paper.id for e in entries]
         mine = EmailLinks(links) if links is not None else None  # this reader's links
-        extra = [mine.weight(i) for i in ids] if mine is not None else [0] * len(ids)
-        full_sums = [0, *accumulate(p.html_size + x for p, x in zip(pieces, extra, strict=True))]
-        compact_sums: list[int] = []
-        cache: dict[tuple[int, int], tuple[tuple[object, ...], Layout, dict[str, str]]] = {}
+        extra = [mine.weight(i) for i in ids] if mine is not None else [0] * total
+        # Each paper's piece in full and compact, made only as far as the choice looks: most
+        # emails at the budget show every paper compact, and defer the last ones.
+        fulls: list[_Piece] = []
+        compacts: list[_Piece] = []
+        full_sums, compact_sums = [0], [0]  # their HTML sizes (with the links), summed
 
+        def made(n: int, pieces: list[_Piece], sums: list[int], compact: bool) -> list[int]:
+            while len(pieces) < n:
+                entry = entries[len(pieces)]
+                one = piece(entry, upvotes.get(entry.paper.id, 0), with_links, compact)
+                sums.append(sums[-1] + one.html_size + extra[len(pieces)])
+                pieces.append(one)
+            return sums
+
+        cache: dict[tuple[int, int], tuple[tuple[object, ...], Layout, dict[str, str]]] = {}
         strings: dict[int, dict[str, str]] = {}
 
         def shape(full: int, shown: int) -> tuple[tuple[object, ...], Layout, dict[str, str]]:
@@ -218,51 +230,63 @@ class Renderer:
                 cache[full, shown] = self._shape(digest, full, shown, strings[shown], urls, links)
             return cache[full, shown]
 
-        def compact_sizes() -> list[int]:
-            if not compact_sums:
-                sizes = (p.html_compact_size + x for p, x in zip(pieces, extra, strict=True))
-                compact_sums.extend([0, *accumulate(sizes)])
-            return compact_sums
+        def around(full: int, shown: int) -> int:  # the HTML's weight but the pieces'
+            _, layout, values = shape(full, shown)
+            total = layout.html_literal_size
+            for kind, name, encoder in layout.html:
+                if kind == "val":
+                    assert encoder is not None
+                    total += qp_weight(encoder(values[name]))
+            return total
 
         sizes: dict[tuple[int, int], int] = {}
 
         def size(full: int, shown: int) -> int:  # of the HTML part as encoded, not building it
             if (full, shown) not in sizes:
-                sizes[full, shown] = measure(full, shown)
+                pieces = made(full, fulls, full_sums, False)[full]
+                if shown > full:
+                    sums = made(shown, compacts, compact_sums, True)
+                    pieces += sums[shown] - sums[full]
+                sizes[full, shown] = qp_size(around(full, shown) + pieces)
             return sizes[full, shown]
 
-        def measure(full: int, shown: int) -> int:
-            _, layout, values = shape(full, shown)
-            total = layout.html_literal_size + full_sums[full]
-            if shown > full:
-                total += compact_sizes()[shown] - compact_sizes()[full]
-            for kind, name, encoder in layout.html:
-                if kind == "val":
-                    assert encoder is not None
-                    total += qp_weight(encoder(values[name]))
-            return qp_size(total)
+        def step(n: int, growth: list[int], at: int, upper: int) -> int:
+            # from the size `at` n, what the pieces' `growth` allows (qp_size's soft breaks)
+            room = (self.budget - at) * 72 // 75
+            return min(max(bisect_right(growth, growth[n] + room) - 1, 0), upper)
 
         def guess() -> int:  # how many in full: two secant steps on the pieces' sizes
-            total = len(entries)
-            growth = [f - c for f, c in zip(full_sums, compact_sizes(), strict=True)]
+            made(total, fulls, full_sums, False)
+            made(total, compacts, compact_sums, True)
+            growth = [f - c for f, c in zip(full_sums, compact_sums, strict=True)]
+            first = step(total, growth, size(total, total), total)
+            return step(first, growth, size(first, total), total)
 
-            def step(n: int) -> int:  # from the size at n, what the pieces' growth allows
-                room = (self.budget - size(n, total)) * 72 // 75  # (qp_size's soft breaks)
-                return min(max(bisect_right(growth, growth[n] + room) - 1, 0), total)
+        def choose() -> tuple[int, int]:
+            # The all-compact email of the first k papers, grown until it is over the budget:
+            # then none fits in full, fewer than k are shown, and nothing past k is made.
+            base = around(0, total)
+            for k in range(1, total):
+                sums = made(k, compacts, compact_sums, True)
+                if qp_size(base + sums[k]) > self.budget and size(0, k) > self.budget:
+                    near = step(k, sums, size(0, k), k - 1)
+                    near = step(near, sums, size(0, near), k - 1)
+                    return 0, largest(lambda n: size(0, n) <= self.budget, k - 1, near)
+            return fit(size, total, self.budget, guess)
 
-            return step(step(total))
-
-        full, shown = fit(size, len(entries), self.budget, guess)
+        full, shown = choose()
         layout_key, layout, values = shape(full, shown)
+        made(full, fulls, full_sums, False)
+        made(shown, compacts, compact_sums, True)
         bounds = list(accumulate(len(s.entries) for s in digest.sections))
-        shown_pieces = list(zip(pieces, ids, strict=True))
+        in_full = list(zip(fulls, ids, strict=False))
         slots: list[list[tuple[_Piece, str]]] = []
         start = 0
         for end in bounds:  # each section's papers shown in full (sections left empty dropped)
             if start < full:
-                slots.append(shown_pieces[start : min(end, full)])
+                slots.append(in_full[start : min(end, full)])
             start = end
-        compact = shown_pieces[full:shown]
+        compact = list(zip(compacts[full:shown], ids[full:shown], strict=True))
         html, html_qp = fill(layout.html, values, slots, compact, mine, html=True)
         text, text_qp = fill(layout.text, values, slots, compact, mine, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)

@@ -71,7 +71,7 @@ class Blocks:
         # depends on; and each entry's finished piece, by the Entry object itself (planning
         # shares entries between readers).
         self.fills: dict[tuple[object, ...], _Part] = {}
-        self._keys: dict[tuple[int, int, bool], tuple[Entry, _Piece]] = {}
+        self._keys: dict[tuple[int, int, bool, bool], tuple[Entry, _Piece]] = {}
         self._prototype: dict[str, str] | None = None
         self.trips = 0
 
@@ -84,10 +84,14 @@ class Blocks:
         self.trips += 1
         return render_html(context)
 
-    def piece(self, entry: Entry, upvotes: int, links: bool = False) -> _Piece:
+    def piece(
+        self, entry: Entry, upvotes: int, links: bool = False, compact: bool = False
+    ) -> _Piece:
         """This reader's version of the entry's block (`upvotes`: its trending badge; `links`:
-        with feedback links, left as holes for `linked`)."""
-        known = self._keys.get((id(entry), upvotes, links))
+        with feedback links, left as holes for `linked`): in full (its "html" and "text"
+        forms) or, `compact`, as in the compact list ("html_compact", "text_compact"). Most
+        emails at the budget show every paper compact: their full forms are never made."""
+        known = self._keys.get((id(entry), upvotes, links, compact))
         if known is not None and known[0] is entry:
             return known[1]
         paper = entry.paper
@@ -101,59 +105,64 @@ class Blocks:
         if skeleton is None or skeleton.paper != paper or bool(tags) == rec:
             raise _Slow
         ident = (paper.id, paper.version)
-        title, abstract = entry.title_spans, entry.abstract_spans
+        title = entry.title_spans
         proto = self._prototype_tags()
         fill = self._fill
-        full = {
-            "T": fill(
-                ("T", ident, title),
-                lambda: _highlighted(*readable_spans(paper.title, title), proto["title"]),
-            ),
-            "A": fill(
-                ("A", ident, abstract),
-                lambda: _highlighted(
-                    skeleton.abstract,
-                    readable_spans(paper.abstract, abstract)[1],
-                    proto["abstract"],
-                ),
-            ),
-            "G": fill(
-                ("G", tags),
-                lambda: " ".join(proto["tag"] + _html_text(tag) + "</span>" for tag in tags),
-            ),
-        }
-        compact = {
-            "T": fill(
-                ("CT", ident, title),
-                lambda: _highlighted(*readable_spans(paper.title, title), proto["compact"]),
-            ),
-            "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
-        }
         text = {"K": fill(("TK", tags), lambda: ", ".join(tags))}
         if rec:
             why = entry.why or ""
-            full["W"] = fill(("W", why), lambda: _html_text(why))
             text["W"] = fill(("TW", why), lambda: why)
+        if compact:
+            html = {
+                "T": fill(
+                    ("CT", ident, title),
+                    lambda: _highlighted(*readable_spans(paper.title, title), proto["compact"]),
+                ),
+                "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
+            }
+            kinds = ("html_compact", "text_compact")
+        else:
+            abstract = entry.abstract_spans
+            html = {
+                "T": fill(
+                    ("T", ident, title),
+                    lambda: _highlighted(*readable_spans(paper.title, title), proto["title"]),
+                ),
+                "A": fill(
+                    ("A", ident, abstract),
+                    lambda: _highlighted(
+                        skeleton.abstract,
+                        readable_spans(paper.abstract, abstract)[1],
+                        proto["abstract"],
+                    ),
+                ),
+                "G": fill(
+                    ("G", tags),
+                    lambda: " ".join(proto["tag"] + _html_text(tag) + "</span>" for tag in tags),
+                ),
+            }
+            if rec:
+                html["W"] = fill(("W", why), lambda: _html_text(why))
+            kinds = ("html", "text")
         cuts = skeleton.cuts
-        fills = {
-            "html": _aligned(cuts["html"], full),
-            "html_compact": _aligned(cuts["html_compact"], compact),
-            "text": _aligned(cuts["text"], text),
-            "text_compact": _aligned(cuts["text_compact"], text),
-        }
+        html_fills = _aligned(cuts[kinds[0]], html)
+        text_fills = _aligned(cuts[kinds[1]], text)
         piece = _Piece(
             skeleton,
-            {kind: tuple(f[0] for f in got) for kind, got in fills.items()},
-            {kind: tuple(f[1] for f in got) for kind, got in fills.items()},
-            cuts["html"].weight + sum(f[2] for f in fills["html"]),
-            cuts["html_compact"].weight + sum(f[2] for f in fills["html_compact"]),
+            {
+                kinds[0]: tuple(f[0] for f in html_fills),
+                kinds[1]: tuple(f[0] for f in text_fills),
+            },
+            {
+                kinds[0]: tuple(f[1] for f in html_fills),
+                kinds[1]: tuple(f[1] for f in text_fills),
+            },
+            cuts[kinds[0]].weight + sum(f[2] for f in html_fills),
         )
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()
-        self._keys[id(entry), upvotes, links] = (
-            entry,
-            piece,
-        )  # the entry kept: its id stays its own
+        # the entry kept: its id stays its own
+        self._keys[id(entry), upvotes, links, compact] = (entry, piece)
         return piece
 
     def _fill(self, key: tuple[object, ...], make: Callable[[], str]) -> _Part:

@@ -18,7 +18,6 @@ no-break space.
 
 from __future__ import annotations
 
-import difflib
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from functools import lru_cache
 from pylatexenc import latexwalker
 from pylatexenc.latex2text import LatexNodes2Text
 from pylatexenc.macrospec import MacroSpec
+from rapidfuzz.distance import LCSseq
 
 from digest.models import Span
 
@@ -263,10 +263,35 @@ def readable(text: str) -> str:
 @lru_cache(maxsize=4096)
 def _alignment(text: str) -> tuple[tuple[int, int, int], ...]:
     """Where `text` and `readable(text)` agree: blocks (start in text, start in the readable
-    form, length), found once per text (difflib). The conversion only rewrites the LaTeX, so
-    the words around it line up."""
-    matcher = difflib.SequenceMatcher(None, text, readable(text), autojunk=False)
-    return tuple((a, b, n) for a, b, n in matcher.get_matching_blocks() if n)
+    form, length), found once per text. The conversion only rewrites the LaTeX, so the words
+    around it line up: a longest common subsequence (rapidfuzz, in C: ~1 ms for an abstract
+    where difflib took ~50), each block slid onto the block it can join (`_joined`)."""
+    plain = readable(text)
+    found = LCSseq.opcodes(text, plain).as_matching_blocks()
+    return _joined(text, plain, [(m.a, m.b, m.size) for m in found if m.size])
+
+
+def _joined(
+    text: str, plain: str, blocks: list[tuple[int, int, int]]
+) -> tuple[tuple[int, int, int], ...]:
+    """`blocks` with each one that the next continues on one side, and that the same characters
+    just before the next one on the other side could stand for, moved there and joined: of
+    `\\emph{more}` -> `more`, a subsequence may pair the `m` of `emph` with the `m` of `more`;
+    the whole word is one block (as difflib's longest-match-first alignment finds it)."""
+    out: list[tuple[int, int, int]] = []
+    for a, b, n in blocks:
+        while out:
+            a1, b1, n1 = out[-1]
+            if b1 + n1 == b and a > a1 + n1 and text[a1 : a1 + n1] == text[a - n1 : a]:
+                out.pop()
+                a, b, n = a - n1, b1, n1 + n
+            elif a1 + n1 == a and b > b1 + n1 and plain[b1 : b1 + n1] == plain[b - n1 : b]:
+                out.pop()
+                a, b, n = a1, b - n1, n1 + n
+            else:
+                break
+        out.append((a, b, n))
+    return tuple(out)
 
 
 @lru_cache(maxsize=16384)

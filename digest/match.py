@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta, tzinfo
+from itertools import chain
 
 from digest.models import AUTHORS_SECTION, Digest, Entry, Paper, Section, Span, Subscriber
 
@@ -90,13 +92,20 @@ def spans_from_highlight(marked: str) -> tuple[Span, ...]:
 
 def merge_spans(*groups: Iterable[Span]) -> tuple[Span, ...]:
     """One sorted list of non-overlapping spans covering all of `groups`."""
-    merged: list[list[int]] = []
-    for start, end in sorted(span for group in groups for span in group):
-        if merged and start <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
+    spans = sorted(chain.from_iterable(groups))
+    if not spans:
+        return ()
+    merged = []
+    start, end = spans[0]
+    for next_start, next_end in spans:
+        if next_start <= end:
+            if next_end > end:
+                end = next_end
         else:
-            merged.append([start, end])
-    return tuple((start, end) for start, end in merged)
+            merged.append((start, end))
+            start, end = next_start, next_end
+    merged.append((start, end))
+    return tuple(merged)
 
 
 Hit = tuple[tuple[Span, ...], tuple[Span, ...]]
@@ -203,6 +212,105 @@ def plan_digest(
             in_section.sort(key=_newest_first, reverse=True)
             sections.append(Section(heading, tuple(in_section)))
     return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
+
+
+SPANS_KEPT = 200_000  # merged highlights kept (then forgotten and merged again)
+
+
+class Matches:
+    """One run's matches (`hits`, `papers`, `by_author`, as `plan_digest` takes them), planned
+    for many subscribers: each keyword's papers sorted newest first once, and the entries that
+    subscribers have in common made once (`memo`). `plan` gives exactly what `plan_digest`
+    gives; the common case (keywords only) without re-checking every paper per subscriber."""
+
+    def __init__(
+        self,
+        hits: Mapping[str, Mapping[str, Hit]],
+        papers: Mapping[str, Paper],
+        by_author: Mapping[str, Iterable[str]] | None = None,
+    ) -> None:
+        self.hits, self.papers, self.by_author = hits, papers, by_author or {}
+        self.memo: dict[tuple[object, ...], Entry] = {}
+        self._oldest_first: dict[str, tuple[list[str], list[datetime]]] = {}
+        self._spans: dict[tuple[str, frozenset[str]], tuple[tuple[Span, ...], ...]] = {}
+
+    def plan(
+        self,
+        subscriber: Subscriber,
+        delivered: set[str],
+        day: str,
+        since: datetime | None = None,
+    ) -> Digest:
+        """`plan_digest(subscriber, hits, papers, delivered, day, ...)` for this run."""
+        keywords = subscriber.keywords
+        folded = [k.casefold() for k in keywords]
+        if (
+            subscriber.exclude
+            or subscriber.categories
+            or len(set(folded)) != len(folded)
+            or any(author_key(a) in self.by_author for a in subscriber.authors)
+        ):
+            return plan_digest(
+                subscriber,
+                self.hits,
+                self.papers,
+                delivered,
+                day,
+                by_author=self.by_author,
+                since=since,
+                memo=self.memo,
+            )
+        placed: set[str] = set()
+        chosen: list[list[str]] = []  # per keyword: the papers it is the first to match
+        for keyword in folded:
+            ids, published = self._ordered(keyword)
+            start = bisect_left(published, since) if since is not None else 0
+            mine = [p for p in reversed(ids[start:]) if p not in placed and p not in delivered]
+            placed.update(mine)
+            chosen.append(mine)
+        found = [self.hits.get(keyword) or {} for keyword in folded]
+        sections = []
+        memo, papers = self.memo, self.papers
+        for n, ids in enumerate(chosen):
+            if not ids:
+                continue
+            heading = keywords[n]
+            later = [(keywords[m], found[m]) for m in range(n + 1, len(keywords)) if found[m]]
+            entries = []
+            for paper_id in ids:
+                tags = (heading, *[k for k, in_k in later if paper_id in in_k])
+                entry = memo.get((paper_id, tags, ()))
+                if entry is None:
+                    entry = memo[paper_id, tags, ()] = self._entry(papers[paper_id], tags)
+                entries.append(entry)
+            sections.append(Section(heading, tuple(entries)))
+        return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
+
+    def _entry(self, paper: Paper, tags: tuple[str, ...]) -> Entry:
+        """`_entry(paper, tags, (), hits)`, its highlights merged once per set of keywords
+        (readers who follow them in another order share them)."""
+        if len(tags) == 1:
+            title, abstract = self.hits[tags[0].casefold()][paper.id]
+            return Entry(paper, tags, title, abstract)
+        key = (paper.id, frozenset(tag.casefold() for tag in tags))
+        spans = self._spans.get(key)
+        if spans is None:
+            found = [self.hits[tag.casefold()][paper.id] for tag in tags]
+            spans = merge_spans(*(t for t, _ in found)), merge_spans(*(a for _, a in found))
+            if len(self._spans) >= SPANS_KEPT:
+                self._spans.clear()
+            self._spans[key] = spans
+        return Entry(paper, tags, *spans)
+
+    def _ordered(self, keyword: str) -> tuple[list[str], list[datetime]]:
+        """The papers `keyword` (casefolded) matched, oldest first, and when each appeared."""
+        known = self._oldest_first.get(keyword)
+        if known is None:
+            papers = self.papers
+            ids = [pid for pid in self.hits.get(keyword) or () if pid in papers]
+            ids.sort(key=lambda pid: (papers[pid].published, pid))
+            known = self._oldest_first[keyword] = (ids, [papers[p].published for p in ids])
+        return known
 
 
 def _entry(

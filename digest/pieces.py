@@ -163,15 +163,15 @@ _NO_LINKS: Links = ((), ())  # type: ignore[assignment]
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block: its skeleton, and per kind the strings (and
+    """One reader's version of a paper block, in full ("html" and "text") or compact
+    ("html_compact" and "text_compact"): its skeleton, and per kind the strings (and
     encodings) that fill its holes, links left out (`write` puts the reader's links in:
-    piece_links.EmailLinks); the HTML sizes (mailer.qp_weight, without the links)."""
+    piece_links.EmailLinks); `html_size`: its HTML form's mailer.qp_weight, without links."""
 
     skeleton: _Skeleton
     texts: dict[str, tuple[str, ...]]
     codes: dict[str, tuple[bytes, ...]]
     html_size: int
-    html_compact_size: int
 
     def write(
         self, kind: str, out: list[str], encoded: list[bytes], links: Links | None = None
@@ -184,13 +184,6 @@ class _Piece:
             raise _Slow  # links for a block without them, or none for one with them
         out += cut.order(cut.strings + self.texts[kind] + texts)
         encoded += cut.order(cut.codes + self.codes[kind] + codes)
-
-    def parts(self, kind: str) -> tuple[list[str], list[bytes]]:
-        """The strings of this block in `kind` and their encodings (without links)."""
-        out: list[str] = []
-        encoded: list[bytes] = []
-        self.write(kind, out, encoded)
-        return out, encoded
 
 
 def _aligned(cut: _Cut, fills: dict[str, _Part]) -> tuple[_Part, ...]:

@@ -124,7 +124,9 @@ def run_lock(db_path: Path, *, shared: bool = False) -> Iterator[None]:
 @contextmanager
 def _frozen_heap() -> Iterator[None]:
     """Keep the garbage collector from walking every object that exists now (the run's papers,
-    hits, subscribers) again and again while many short-lived ones are made (gc.freeze)."""
+    hits, subscribers) again and again while many short-lived ones are made (gc.freeze; the
+    loop freezes again after each chunk). Frozen objects are still freed when no longer
+    referenced; only cycles among them wait for the end of the block."""
     gc.freeze()
     try:
         yield
@@ -330,6 +332,7 @@ class _Run:
                     self._one(dest, person, planned.pop(person.key, None), suspended)
                 if self.report.stopped:
                     break
+                gc.freeze()  # and what the run's caches now hold (shared pieces, entries)
         rec.save(db)  # the models fitted in this run: not fitted again until feedback changes
         dest.drain()
         if not self.report.stopped and not getattr(dest, "withdrawn", 0):

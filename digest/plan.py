@@ -19,6 +19,7 @@ from digest import outbox, store
 from digest import trending as trending_stage
 from digest.match import (
     Hit,
+    Matches,
     author_key,
     distinct_keywords,
     literal_filter,
@@ -105,12 +106,12 @@ class Planner:
         )
         # Entries readers have in common (same paper, keywords, authors) are made once and
         # shared, so building finds each reader's version of a block by the entry itself.
-        self.memo: dict[tuple[object, ...], Entry] = {}
+        self.matches = Matches(self.hits, self.papers, self.by_author)
 
     def plan(self, people: Sequence[Subscriber]) -> dict[str, Digest]:
         """What each of `people` is owed now, by subscriber key (in their order)."""
-        if len(self.memo) > MEMO_LIMIT:  # memory stays flat at any number of subscribers
-            self.memo = {}
+        if len(self.matches.memo) > MEMO_LIMIT:  # memory stays flat at any number of subscribers
+            self.matches.memo = {}
         refused = outbox.refused_many(self.db, [p.key for p in people])
         drafts = {p.key: self._draft(p, refused.get(p.key), set()) for p in people}
         # One look-up of exactly the (subscriber, paper) pairs planned: delivered or pending.
@@ -127,16 +128,8 @@ class Planner:
     def _draft(self, person: Subscriber, refused: set[str] | None, delivered: set[str]) -> Digest:
         window = self.win.of(person)
         if not refused:
-            return plan_digest(
-                person,
-                self.hits,
-                self.papers,
-                delivered,
-                self.day,
-                by_author=self.by_author,
-                since=window if window > self.since else None,  # else: all of them are new
-                memo=self.memo,
-            )
+            since = window if window > self.since else None  # else: all of them are new
+            return self.matches.plan(person, delivered, self.day, since)
         # Rare: papers of a refused email, owed past the window.
         hits, papers = self._with_refused(person, window, refused)
         own_authors = {

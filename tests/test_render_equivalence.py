@@ -211,7 +211,8 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     renderer = Renderer(sender=SENDER, budget=95_000, verify_every=1)
     first = renderer.render(digests[0])
     # Corrupt what the renderer cached for the first paper, as a bug in the cutting would.
-    key = next(iter(renderer.blocks._keys))
+    compact = first.full_entries == 0  # (the form the email shows it in)
+    key = next(key for key in renderer.blocks._keys if key[3] == compact)
     entry, piece = renderer.blocks._keys[key]
     texts = {kind: ("<p>wrong</p>",) * len(got) for kind, got in piece.texts.items()}
     codes = {kind: (b"<p>wrong</p>=\r\n",) * len(got) for kind, got in piece.codes.items()}
@@ -266,9 +267,9 @@ def test_a_wrong_budget_choice_is_caught_and_the_reference_email_sent() -> None:
     first = renderer.render(digests[0])
     assert renderer.mismatches == 0 and first.full_entries < len(first.paper_ids)
     # A bug in the sizes (not in the bytes): the first paper counted as far too large.
-    key = next(iter(renderer.blocks._keys))
+    key = next(key for key in renderer.blocks._keys if key[3])  # a compact piece
     _, piece = renderer.blocks._keys[key]
-    object.__setattr__(piece, "html_compact_size", 10**6)
+    object.__setattr__(piece, "html_size", 10**6)
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=30_000)
     assert renderer.mismatches == 1 and not renderer.budget_trusted
@@ -280,19 +281,17 @@ def test_pieces_are_filled_per_reader_and_trips_do_not_grow_with_subscribers() -
     renderer = Renderer(sender=SENDER, budget=95_000, verify_every=10**9)
     renderer.prepare(digests)  # as a run does, per batch of subscribers
     _check(digests, 95_000, renderer=renderer)
-    distinct = {
-        (
-            e.paper.id,
-            e.keywords,
-            e.title_spans,
-            e.abstract_spans,
-            e.authors,
-            d.upvotes.get(e.paper.id),
-        )
-        for d in digests
-        for e in d.entries
-    }
-    assert len(renderer._pieces) == len(distinct)  # one reader's version each, filled once
+
+    def seen(e: Entry, upvotes: int) -> tuple[object, ...]:
+        return e.paper.id, e.keywords, e.title_spans, e.abstract_spans, e.authors, upvotes
+
+    distinct = {seen(e, d.upvotes.get(e.paper.id, 0)) for d in digests for e in d.entries}
+    # One reader's version of each (in full, compact, or both: only what an email needs),
+    # filled once.
+    made = [(seen(entry, key[1]), key[3]) for key, (entry, _) in renderer.blocks._keys.items()]
+    assert len(made) == len(set(made)) == len(renderer._pieces)
+    assert {content for content, _ in made} <= distinct
+    assert any(compact for _, compact in made) and not all(compact for _, compact in made)
     assert len(renderer._layouts) < len(digests)
     # The same paper is tagged and highlighted differently for different readers...
     shared = {}
