@@ -16,6 +16,7 @@ serializer writes an `<a href>` value, with its quotes (`_href`).
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE, qp_weight
@@ -53,6 +54,7 @@ class EmailLinks:
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
         self._made: dict[str, tuple[Links, Links]] = {}
+        self._mac = links.mac()
 
     def weight(self, paper_id: str) -> int:
         """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
@@ -71,8 +73,8 @@ class EmailLinks:
 
     def _make(self, paper_id: str) -> tuple[Links, Links]:
         """(HTML, text) links of one paper."""
-        more, less = self.links.tails(paper_id)
-        if self.plain and _SHORT.fullmatch(more) and _SHORT.fullmatch(less):
+        more, less = self.links.tails(paper_id, self._mac)
+        if self.plain and _short_id(paper_id):
             # The shared start, then the tail as `_short` encodes it (the tails are short and
             # begin with "m~"/"n~"): written out, as this runs for every paper of every email.
             (html, html_code, _), (text, text_code, _) = self.html_start, self.text_start
@@ -86,6 +88,14 @@ class EmailLinks:
             )
         start = self.links.base + self.links.signed + "~"
         return _whole(_href(start + more), _href(start + less)), _whole(start + more, start + less)
+
+
+@lru_cache(maxsize=65536)
+def _short_id(paper_id: str) -> bool:
+    """Whether the tails of a paper's links ("m~<id>~<mac>": the MAC is URL-safe base64) are
+    `_SHORT`, as `_short` writes them."""
+    shown = paper_id.replace("/", "!")
+    return '"' not in shown and bool(_SHORT.fullmatch(shown))
 
 
 def _soft(text: str) -> bytes:

@@ -9,6 +9,7 @@ Sign-up confirmation tokens carry the sign-up itself and expire after `CONFIRM_M
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from itsdangerous import BadData, URLSafeSerializer, URLSafeTimedSerializer
@@ -25,18 +26,20 @@ CONFIRM_PATH = "/confirm/"
 CONFIRM_MAX_AGE = 7 * 24 * 3600  # seconds a confirmation link works
 
 
-def _serializer(secret: str, salt: str = SALT) -> URLSafeSerializer:
+@lru_cache(maxsize=32)
+def serializer(secret: str, salt: str = SALT) -> URLSafeSerializer:
+    """One serializer per (secret, salt), made once (a run signs several tokens per email)."""
     return URLSafeSerializer(secret, salt=salt)
 
 
 def make_token(secret: str, subscriber_key: str, salt: str = SALT) -> str:
-    return str(_serializer(secret, salt).dumps(subscriber_key))
+    return str(serializer(secret, salt).dumps(subscriber_key))
 
 
 def read_token(secret: str, token: str, salt: str = SALT) -> str | None:
     """The subscriber key a token was made for, or None when it was not made by us for this."""
     try:
-        key = _serializer(secret, salt).loads(token)
+        key = serializer(secret, salt).loads(token)
     except BadData:  # a bad signature, or our signature over a payload that does not decode
         return None
     return key if isinstance(key, str) and key else None
