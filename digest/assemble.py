@@ -67,6 +67,7 @@ class Renderer:
         self.assembled = 0  # emails joined from pieces (the rest were rendered in full)
         self.mismatches = 0
         self.budget_trusted = True  # until a sample's choice of papers differs (then: slow)
+        self._whole = True  # the last email showed every paper in full
 
     @property
     def mark(self) -> str:
@@ -263,6 +264,10 @@ class Renderer:
             return step(first, growth, size(first, total), total)
 
         def choose() -> tuple[int, int]:
+            # Everything in full first when the last email fitted so (what fit() asks first):
+            # its compact pieces are then never made.
+            if self._whole and size(total, total) <= self.budget:
+                return total, total
             # The all-compact email of the first k papers, grown until it is over the budget:
             # then none fits in full, fewer than k are shown, and nothing past k is made.
             base = around(0, total)
@@ -275,6 +280,7 @@ class Renderer:
             return fit(size, total, self.budget, guess)
 
         full, shown = choose()
+        self._whole = full == total  # (the next email most likely fits the same way)
         layout_key, layout, values = shape(full, shown)
         made(full, fulls, full_sums, False)
         made(shown, compacts, compact_sums, True)
