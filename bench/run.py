@@ -100,7 +100,9 @@ class Run:
     wall_s: float = 0.0
     whole_per_s: float = 0.0  # emails / (process exit - process start)
     after_fetch_per_s: float = 0.0  # emails / (process exit - last arXiv answer)
-    bare_per_s: float = 0.0
+    bare_per_s: float = 0.0  # of the runs before and after digest's (mean time per message)
+    bare_before_per_s: float = 0.0  # 0: no run before (aiosmtpd: digest's run captures them)
+    bare_after_per_s: float = 0.0
     bare_messages: int = 0
     peak_rss_mb: float = 0.0
     cpu_s: float = 0.0
@@ -259,8 +261,8 @@ def bench_profile(
                 runs.append(run)
                 print(
                     f"  run {r + 1}/{args.repeat} {name}: {run.emails} emails in "
-                    f"{run.wall_s:.1f} s ({run.whole_per_s:.0f}/s), bare {run.bare_per_s:.0f}/s, "
-                    f"ratio {run.ratio:.2f}",
+                    f"{run.wall_s:.1f} s ({run.whole_per_s:.0f}/s), bare {run.bare_per_s:.0f}/s"
+                    f"{_sides(run)}, ratio {run.ratio:.2f}",
                     flush=True,
                 )
                 if not args.keep:
@@ -277,21 +279,44 @@ def receiver_run(
     receiver: Any,
     spool: Path,
 ) -> Run:
-    """`digest send` to `receiver`, then the bare client resending `spool` to it."""
+    """`digest send` to `receiver`, then the bare client resending `spool` to it. When the
+    messages are known before (Postfix: from the capture run), the bare client also runs just
+    before `digest send`, and its rate is that of the two runs' mean time: this shared
+    machine's speed drifts by 2x within minutes, and a bare run on one side only compares
+    digest with another machine."""
     capture = spool if receiver.name == "aiosmtpd" else None
+    before = 0.0
+    if capture is None:
+        before, _ = _bare(args, receiver, spool)
+        receiver.wait_idle()
     run = run_once(where, rows, profile, receiver, capture)
+    receiver.wait_idle()
+    after, run.bare_messages = _bare(args, receiver, spool)
+    run.bare_per_s = 2 / (1 / before + 1 / after) if before and after else after
+    run.bare_before_per_s, run.bare_after_per_s = before, after
+    return run
+
+
+def _sides(run: Run) -> str:
+    if not run.bare_before_per_s:
+        return ""
+    return f" ({run.bare_before_per_s:.0f} before, {run.bare_after_per_s:.0f} after)"
+
+
+def _bare(args: argparse.Namespace, receiver: Any, spool: Path) -> tuple[float, int]:
+    """The bare client resending `spool` to `receiver`: (messages/s, messages)."""
     receiver.wait_idle()
     copy = spool.with_name("bare.spool")
     # aiosmtpd stores the bare client's copy too, as it did digest's: the same work
     receiver.reset(copy if receiver.name == "aiosmtpd" else None)
     try:
-        run.bare_per_s, run.bare_messages = bare.resend(spool, receiver, args.connections)
+        got = bare.resend(spool, receiver, args.connections)
         if receiver.name == "aiosmtpd" and copy.stat().st_size != spool.stat().st_size:
             raise SystemExit("the bare client's messages differ from those captured")
     finally:
         receiver.reset()
         copy.unlink(missing_ok=True)
-    return run
+    return got
 
 
 def add_build_figures(args: argparse.Namespace, run: Run, where: Digest) -> None:
