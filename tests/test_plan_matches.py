@@ -4,9 +4,8 @@ give exactly what `match.plan_digest`, the rule as written, gives, whatever the 
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
 
-from standins import load_papers
+from test_render_equivalence import seed_papers
 
 from digest.match import Hit, Matches, author_key, literal_pattern, literal_spans, plan_digest
 from digest.models import Paper, Subscriber
@@ -26,27 +25,7 @@ PHRASES = [
 
 
 def _papers() -> list[Paper]:
-    start = datetime(2026, 11, 21, tzinfo=UTC)
-    papers = []
-    for index, p in enumerate(load_papers()):
-        when = start - timedelta(minutes=7 * (index % 40))  # some papers appear together
-        papers.append(
-            Paper(
-                id=p["id"].rsplit("v", 1)[0],
-                version=1,
-                title=p["title"],
-                authors=tuple(p["authors"]),
-                abstract=p["abstract"],
-                comment=p["comment"] or "",
-                categories=tuple(p["categories"]),
-                primary_category=p["primary_category"],
-                published=when,
-                updated=when,
-                abs_url=f"https://arxiv.org/abs/{p['id']}",
-                pdf_url=f"https://arxiv.org/pdf/{p['id']}",
-            )
-        )
-    return papers
+    return seed_papers(lambda index: 7 * (index % 40))  # some papers appear together
 
 
 def _hits(papers: list[Paper]) -> dict[str, dict[str, Hit]]:

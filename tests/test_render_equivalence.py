@@ -6,6 +6,7 @@ hostile ones; and it really is the pieces that made the email, not a silent fall
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -46,11 +47,13 @@ KEYWORDS = [
 HOSTILE_KEYWORD = "x & <b>\"y\"</b> 'z'"
 
 
-def _papers() -> list[Paper]:
+def seed_papers(minutes_before: Callable[[int], int] = lambda index: index) -> list[Paper]:
+    """The fixture papers as Paper values, the i-th published `minutes_before(i)` minutes
+    before 2026-11-21 (also used by tests/test_plan_matches.py)."""
     start = datetime(2026, 11, 21, tzinfo=UTC)
     papers = []
     for index, p in enumerate(load_papers()):
-        when = start - timedelta(minutes=index)
+        when = start - timedelta(minutes=minutes_before(index))
         papers.append(
             Paper(
                 id=p["id"].rsplit("v", 1)[0],
@@ -68,6 +71,10 @@ def _papers() -> list[Paper]:
             )
         )
     return papers
+
+
+def _papers() -> list[Paper]:
+    return seed_papers()
 
 
 def _hostile(papers: list[Paper]) -> list[Paper]:
