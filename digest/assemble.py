@@ -293,6 +293,8 @@ class Renderer:
                 slots.append(in_full[start : min(end, full)])
             start = end
         compact = list(zip(compacts[full:shown], ids[full:shown], strict=True))
+        if mine is not None:
+            mine.make(ids[:shown])
         html, html_qp = fill(layout.html, values, slots, compact, mine, html=True)
         text, text_qp = fill(layout.text, values, slots, compact, mine, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)

@@ -16,6 +16,7 @@ serializer writes an `<a href>` value, with its quotes (`_href`).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from functools import lru_cache
 
 from digest.feedback_links import MAC_CHARS, ReaderLinks
@@ -58,7 +59,7 @@ class EmailLinks:
 
     def weight(self, paper_id: str) -> int:
         """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
-        if self.plain and _PLAIN_ID.fullmatch(paper_id.replace("/", "!")):
+        if self.plain and _short_id(paper_id):
             return 2 * (self.html_start[2] + _TAIL + len(paper_id) + 1)  # + the closing quote
         texts, _ = self.pair(paper_id, "html")
         return qp_weight("".join(texts))
@@ -71,31 +72,46 @@ class EmailLinks:
             found = self._made[paper_id] = self._make(paper_id)
         return found[kind[0] == "t"]
 
+    def make(self, paper_ids: Sequence[str]) -> None:
+        """Make the links of these papers (those not made yet) at once: what `pair` then
+        gives them, their MACs encoded in one call."""
+        made = self._made
+        todo = [paper_id for paper_id in dict.fromkeys(paper_ids) if paper_id not in made]
+        if not todo:
+            return
+        tails = self.links.tails_many(todo, self._mac)
+        start = self.links.base + self.links.signed + "~"
+        if self.plain:
+            (html, html_code, _), (text, text_code, _) = self.html_start, self.text_start
+        for paper_id, (more, less) in zip(todo, tails, strict=True):
+            if self.plain and _short_id(paper_id):
+                # The shared start, then the tail as `_short` encodes it (the tails are short
+                # and begin with "m~"/"n~"): written out, as this runs for every paper.
+                quoted_more, quoted_less = more + '"', less + '"'
+                made[paper_id] = (
+                    (
+                        (html, quoted_more, html, quoted_less),
+                        (html_code, _soft(quoted_more), html_code, _soft(quoted_less)),
+                    ),
+                    ((text, more, text, less), (text_code, _soft(more), text_code, _soft(less))),
+                )
+            else:
+                made[paper_id] = (
+                    _whole(_href(start + more), _href(start + less)),
+                    _whole(start + more, start + less),
+                )
+
     def _make(self, paper_id: str) -> tuple[Links, Links]:
         """(HTML, text) links of one paper."""
-        more, less = self.links.tails(paper_id, self._mac)
-        if self.plain and _short_id(paper_id):
-            # The shared start, then the tail as `_short` encodes it (the tails are short and
-            # begin with "m~"/"n~"): written out, as this runs for every paper of every email.
-            (html, html_code, _), (text, text_code, _) = self.html_start, self.text_start
-            quoted_more, quoted_less = more + '"', less + '"'
-            return (
-                (html, quoted_more, html, quoted_less),
-                (html_code, _soft(quoted_more), html_code, _soft(quoted_less)),
-            ), (
-                (text, more, text, less),
-                (text_code, _soft(more), text_code, _soft(less)),
-            )
-        start = self.links.base + self.links.signed + "~"
-        return _whole(_href(start + more), _href(start + less)), _whole(start + more, start + less)
+        self.make((paper_id,))
+        return self._made[paper_id]
 
 
 @lru_cache(maxsize=65536)
 def _short_id(paper_id: str) -> bool:
     """Whether the tails of a paper's links ("m~<id>~<mac>": the MAC is URL-safe base64) are
-    `_SHORT`, as `_short` writes them."""
-    shown = paper_id.replace("/", "!")
-    return '"' not in shown and bool(_SHORT.fullmatch(shown))
+    `_SHORT`, as `_short` writes them, and weigh their length (`EmailLinks.weight`)."""
+    return bool(_PLAIN_ID.fullmatch(paper_id.replace("/", "!")))
 
 
 def _soft(text: str) -> bytes:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standins import load_papers
 
+from digest import feedback_links
 from digest.assemble import Renderer
 from digest.budget import fit, fit_holds, largest
 from digest.feedback_links import ReaderLinks
@@ -444,3 +445,21 @@ def test_the_budget_counts_a_papers_links_as_they_are_written() -> None:
             else:
                 written = sum(qp_weight(_href(start + t)) for t in tails)
             assert mine.weight(paper_id) == written, (public_url, paper_id)
+
+
+def test_an_emails_links_made_at_once_are_each_papers_own() -> None:
+    """`tails_many` (the MACs of an email's papers encoded in one call) gives each paper the
+    tails its own MAC gives, and `read` takes every link back to its reader, paper and kind."""
+    secret = "s3cret-0123456789abcdef"
+    links = ReaderLinks.make("https://d.example.org", secret, "a@b.org")
+    ids = ["2401.00001", "hep-th/9901001", "math.AG/0101001", "2401.00001v2", "x" * 60]
+    for paper_id, (more, less) in zip(ids, links.tails_many(ids), strict=True):
+        own = feedback_links._macs(links.key, "a@b.org", paper_id)
+        shown = paper_id.replace("/", "!")
+        assert (more, less) == (f"m~{shown}~{own[0]}", f"n~{shown}~{own[1]}")
+        for tail, kind in ((more, "like"), (less, "dislike")):
+            assert feedback_links.read(secret, f"{links.signed}~{tail}") == (
+                "a@b.org",
+                paper_id,
+                kind,
+            )
