@@ -25,7 +25,6 @@ from digest.pieces import (
     _ITEM_START,
     _PAPER_END,
     _PAPER_START,
-    _aligned,
     _compact_range,
     _cut,
     _cut_at_holes,
@@ -36,6 +35,7 @@ from digest.pieces import (
     _Piece,
     _Skeleton,
     _Slow,
+    make_piece,
 )
 from digest.render import ABSTRACT_CHARS, EntryView, _env, entry_view, render_html, shorten
 
@@ -98,11 +98,17 @@ class Blocks:
         rec = entry.why is not None
         key = (paper.id, paper.version, upvotes, rec, links)
         skeleton = self.skeletons.get(key)
-        if skeleton is None or skeleton.paper != paper:
+        if skeleton is None or (skeleton.paper is not paper and skeleton.paper != paper):
             self.prepare_papers([(paper, upvotes, rec, links)])
             skeleton = self.skeletons.get(key)
-        tags = (*entry.keywords, *(f"by {author}" for author in entry.authors))
-        if skeleton is None or skeleton.paper != paper or bool(tags) == rec:
+        tags = entry.keywords
+        if entry.authors:
+            tags += tuple(f"by {author}" for author in entry.authors)
+        if (
+            skeleton is None
+            or (skeleton.paper is not paper and skeleton.paper != paper)
+            or bool(tags) == rec
+        ):
             raise _Slow
         ident = (paper.id, paper.version)
         title = entry.title_spans
@@ -112,6 +118,7 @@ class Blocks:
         if rec:
             why = entry.why or ""
             text["W"] = fill(("TW", why), lambda: why)
+        cuts = skeleton.cuts
         if compact:
             html = {
                 "T": fill(
@@ -120,7 +127,7 @@ class Blocks:
                 ),
                 "K": fill(("K", tags), lambda: _html_text(", ".join(tags))),
             }
-            kinds = ("html_compact", "text_compact")
+            piece = make_piece(True, cuts["html_compact"], html, cuts["text_compact"], text)
         else:
             abstract = entry.abstract_spans
             html = {
@@ -143,22 +150,7 @@ class Blocks:
             }
             if rec:
                 html["W"] = fill(("W", why), lambda: _html_text(why))
-            kinds = ("html", "text")
-        cuts = skeleton.cuts
-        html_fills = _aligned(cuts[kinds[0]], html)
-        text_fills = _aligned(cuts[kinds[1]], text)
-        piece = _Piece(
-            skeleton,
-            {
-                kinds[0]: tuple(f[0] for f in html_fills),
-                kinds[1]: tuple(f[0] for f in text_fills),
-            },
-            {
-                kinds[0]: tuple(f[1] for f in html_fills),
-                kinds[1]: tuple(f[1] for f in text_fills),
-            },
-            cuts[kinds[0]].weight + sum(f[2] for f in html_fills),
-        )
+            piece = make_piece(False, cuts["html"], html, cuts["text"], text)
         if len(self._keys) >= PIECE_CACHE:
             self._keys.clear()
         # the entry kept: its id stays its own

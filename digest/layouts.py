@@ -159,7 +159,6 @@ def fill(
     out: list[str] = []
     encoded: list[bytes] = []
     section = 0
-    full_kind, compact_kind = ("html", "html_compact") if html else ("text", "text_compact")
     for kind, name, encoder in parts:
         if kind == "lit":
             if name:
@@ -174,8 +173,11 @@ def fill(
         else:
             shown = compact if kind == "C" else slots[section]
             section += kind == "P"
-            piece_kind = compact_kind if kind == "C" else full_kind
-            for piece, paper_id in shown:
-                pair = links.pair(paper_id, piece_kind) if links is not None else None
-                piece.write(piece_kind, out, encoded, pair)
+            if links is None:
+                for piece, _ in shown:
+                    piece.write(html, out, encoded)
+            else:
+                pair = links.pair
+                for piece, paper_id in shown:
+                    piece.write(html, out, encoded, pair(paper_id, html))
     return out, encoded

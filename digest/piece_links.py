@@ -61,16 +61,16 @@ class EmailLinks:
         """What the paper's two links add to its HTML block, as mailer.qp_weight counts."""
         if self.plain and _short_id(paper_id):
             return 2 * (self.html_start[2] + _TAIL + len(paper_id) + 1)  # + the closing quote
-        texts, _ = self.pair(paper_id, "html")
+        texts, _ = self.pair(paper_id, True)
         return qp_weight("".join(texts))
 
-    def pair(self, paper_id: str, kind: str) -> Links:
-        """The paper's two links ("More like this", "Not for me") as a piece of `kind` (html,
-        html_compact, text, text_compact) writes them (`_Piece.write`): one MAC a paper."""
+    def pair(self, paper_id: str, html: bool) -> Links:
+        """The paper's two links ("More like this", "Not for me") as a piece writes them in
+        its HTML (else text) form (`_Piece.write`): one MAC a paper."""
         found = self._made.get(paper_id)
         if found is None:
-            found = self._made[paper_id] = self._make(paper_id)
-        return found[kind[0] == "t"]
+            found = self._make(paper_id)
+        return found[not html]
 
     def make(self, paper_ids: Sequence[str]) -> None:
         """Make the links of these papers (those not made yet) at once: what `pair` then

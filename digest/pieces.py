@@ -106,6 +106,7 @@ class _Cut:
     weight: int
     fills: int
     order: Callable[[tuple[Any, ...]], tuple[Any, ...]]
+    filled: tuple[str, ...] = ()  # the holes that are not links, in order
 
 
 def _picker(indices: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
@@ -139,6 +140,7 @@ def _cut_at_holes(items: tuple[_Part | str, ...]) -> _Cut:
         sum(p[2] for p in literals),
         fills,
         _picker(indices),
+        tuple(hole for hole in holes if hole not in LINK_NAMES),
     )
 
 
@@ -163,32 +165,55 @@ _NO_LINKS: Links = ((), ())  # type: ignore[assignment]
 
 @dataclass(frozen=True, slots=True)
 class _Piece:
-    """One reader's version of a paper block, in full ("html" and "text") or compact
-    ("html_compact" and "text_compact"): its skeleton, and per kind the strings (and
-    encodings) that fill its holes, links left out (`write` puts the reader's links in:
+    """One reader's version of a paper block, in full ("html" and "text" forms) or `compact`
+    ("html_compact" and "text_compact"): its two forms cut at their holes, and the strings
+    (and encodings) that fill the holes, links left out (`write` puts the reader's links in:
     piece_links.EmailLinks); `html_size`: its HTML form's mailer.qp_weight, without links."""
 
-    skeleton: _Skeleton
-    texts: dict[str, tuple[str, ...]]
-    codes: dict[str, tuple[bytes, ...]]
+    compact: bool
+    html_cut: _Cut
+    html_texts: tuple[str, ...]
+    html_codes: tuple[bytes, ...]
+    text_cut: _Cut
+    text_texts: tuple[str, ...]
+    text_codes: tuple[bytes, ...]
     html_size: int
 
     def write(
-        self, kind: str, out: list[str], encoded: list[bytes], links: Links | None = None
+        self, html: bool, out: list[str], encoded: list[bytes], links: Links | None = None
     ) -> None:
-        """Append this block in `kind` to `out` and its quoted-printable encoding to `encoded`,
-        with `links` ("More like this", "Not for me") in its link holes."""
-        cut = self.skeleton.cuts[kind]
-        texts, codes = links or _NO_LINKS
+        """Append this block's HTML (else text) form to `out` and its quoted-printable
+        encoding to `encoded`, with `links` ("More like this", "Not for me") in its link
+        holes."""
+        if html:
+            cut, fills, codes = self.html_cut, self.html_texts, self.html_codes
+        else:
+            cut, fills, codes = self.text_cut, self.text_texts, self.text_codes
+        texts, link_codes = links or _NO_LINKS
         if len(texts) != 2 * (len(cut.holes) - cut.fills):
             raise _Slow  # links for a block without them, or none for one with them
-        out += cut.order(cut.strings + self.texts[kind] + texts)
-        encoded += cut.order(cut.codes + self.codes[kind] + codes)
+        out += cut.order(cut.strings + fills + texts)
+        encoded += cut.order(cut.codes + codes + link_codes)
 
 
-def _aligned(cut: _Cut, fills: dict[str, _Part]) -> tuple[_Part, ...]:
-    """What fills each hole of `cut` but the links, in order."""
+def make_piece(
+    compact: bool, html_cut: _Cut, html: dict[str, _Part], text_cut: _Cut, text: dict[str, _Part]
+) -> _Piece:
+    """The piece whose two forms' holes `html` and `text` fill (by hole name)."""
     try:
-        return tuple(fills[hole] for hole in cut.holes if hole not in LINK_NAMES)
+        html_fills = [html[hole] for hole in html_cut.filled]
+        text_fills = [text[hole] for hole in text_cut.filled]
     except KeyError:
         raise _Slow from None
+    html_texts, html_codes, weights = zip(*html_fills, strict=True) if html_fills else ((),) * 3
+    text_texts, text_codes, _ = zip(*text_fills, strict=True) if text_fills else ((),) * 3
+    return _Piece(
+        compact,
+        html_cut,
+        html_texts,
+        html_codes,
+        text_cut,
+        text_texts,
+        text_codes,
+        html_cut.weight + sum(weights),
+    )

@@ -222,9 +222,14 @@ def test_a_wrong_piece_is_caught_and_the_reference_email_sent() -> None:
     compact = first.full_entries == 0  # (the form the email shows it in)
     key = next(key for key in renderer.blocks._keys if key[3] == compact)
     entry, piece = renderer.blocks._keys[key]
-    texts = {kind: ("<p>wrong</p>",) * len(got) for kind, got in piece.texts.items()}
-    codes = {kind: (b"<p>wrong</p>=\r\n",) * len(got) for kind, got in piece.codes.items()}
-    renderer.blocks._keys[key] = (entry, replace(piece, texts=texts, codes=codes))
+    wrong = {
+        name: ("<p>wrong</p>",) * len(getattr(piece, name)) for name in ("html_texts", "text_texts")
+    }
+    wrong |= {
+        name: (b"<p>wrong</p>=\r\n",) * len(getattr(piece, name))
+        for name in ("html_codes", "text_codes")
+    }
+    renderer.blocks._keys[key] = (entry, replace(piece, **wrong))
     again = renderer.render(digests[0])
     assert again == first == render_reference(digests[0], sender=SENDER, budget=95_000)
     assert renderer.mismatches == 1
