@@ -231,6 +231,7 @@ class Matches:
     ) -> None:
         self.hits, self.papers, self.by_author = hits, papers, by_author or {}
         self.memo: dict[tuple[object, ...], Entry] = {}
+        self._alone: dict[str, dict[str, Entry]] = {}  # keyword -> paper -> entry tagged so
         self._oldest_first: dict[str, tuple[list[str], list[datetime]]] = {}
         self._spans: dict[tuple[str, frozenset[str]], tuple[tuple[Span, ...], ...]] = {}
 
@@ -260,12 +261,13 @@ class Matches:
                 since=since,
                 memo=self.memo,
             )
-        placed: set[str] = set()
+        placed = set(delivered)
         chosen: list[list[str]] = []  # per keyword: the papers it is the first to match
         for keyword in folded:
             ids, published = self._ordered(keyword)
             start = bisect_left(published, since) if since is not None else 0
-            mine = [p for p in reversed(ids[start:]) if p not in placed and p not in delivered]
+            newest = ids[: start - 1 if start else None : -1]
+            mine = [p for p in newest if p not in placed] if placed else newest
             placed.update(mine)
             chosen.append(mine)
         found = [self.hits.get(keyword) or {} for keyword in folded]
@@ -276,8 +278,19 @@ class Matches:
                 continue
             heading = keywords[n]
             later = [(keywords[m], found[m]) for m in range(n + 1, len(keywords)) if found[m]]
+            # Papers no later keyword matched are tagged with the heading alone.
+            alone = self._alone.get(heading)
+            if alone is None:
+                alone = self._alone[heading] = {}
+            tagged = set().union(*(in_k for _, in_k in later)) if later else ()
             entries = []
             for paper_id in ids:
+                if paper_id not in tagged:
+                    entry = alone.get(paper_id)
+                    if entry is None:
+                        entry = alone[paper_id] = self._entry(papers[paper_id], (heading,))
+                    entries.append(entry)
+                    continue
                 tags = (heading, *[k for k, in_k in later if paper_id in in_k])
                 entry = memo.get((paper_id, tags, ()))
                 if entry is None:
@@ -285,6 +298,10 @@ class Matches:
                 entries.append(entry)
             sections.append(Section(heading, tuple(entries)))
         return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
+
+    def forget(self) -> None:
+        """Let go of the entries made so far (they are made again when needed)."""
+        self.memo, self._alone = {}, {}
 
     def _entry(self, paper: Paper, tags: tuple[str, ...]) -> Entry:
         """`_entry(paper, tags, (), hits)`, its highlights merged once per set of keywords

@@ -140,11 +140,11 @@ class Digest:
 
     @cached_property  # a Digest never changes: worked out once, on first use
     def entries(self) -> tuple[Entry, ...]:
-        return tuple(entry for section in self.sections for entry in section.entries)
+        return tuple([entry for section in self.sections for entry in section.entries])
 
     @cached_property
     def paper_ids(self) -> tuple[str, ...]:
-        return tuple(entry.paper.id for entry in self.entries)
+        return tuple([entry.paper.id for entry in self.entries])
 
     @property
     def recommended(self) -> dict[str, str]:

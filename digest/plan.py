@@ -111,7 +111,7 @@ class Planner:
     def plan(self, people: Sequence[Subscriber]) -> dict[str, Digest]:
         """What each of `people` is owed now, by subscriber key (in their order)."""
         if len(self.matches.memo) > MEMO_LIMIT:  # memory stays flat at any number of subscribers
-            self.matches.memo = {}
+            self.matches.forget()
         refused = outbox.refused_many(self.db, [p.key for p in people])
         drafts = {p.key: self._draft(p, refused.get(p.key), set()) for p in people}
         # One look-up of exactly the (subscriber, paper) pairs planned: delivered or pending.
