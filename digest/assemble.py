@@ -43,10 +43,10 @@ from digest.piece_links import EmailLinks
 from digest.pieces import _Piece, _Slow
 from digest.render import (
     _email,
-    _strings,
     reference_fits,
     render_at,
     render_reference,
+    strings_of,
 )
 
 log = logging.getLogger(__name__)
@@ -223,13 +223,16 @@ class Renderer:
 
         cache: dict[tuple[int, int], tuple[tuple[object, ...], Layout, dict[str, str]]] = {}
         strings: dict[int, dict[str, str]] = {}
+        strings_at = strings_of(digest, self.sender)
 
         def shape(full: int, shown: int) -> tuple[tuple[object, ...], Layout, dict[str, str]]:
             if (full, shown) not in cache:
                 if shown not in strings:
-                    strings[shown] = _strings(digest, shown, self.sender)
+                    strings[shown] = strings_at(shown)
                 cache[full, shown] = self._shape(digest, full, shown, strings[shown], urls, links)
             return cache[full, shown]
+
+        weights: dict[tuple[object, str], int] = {}  # of the values as written, by encoder
 
         def around(full: int, shown: int) -> int:  # the HTML's weight but the pieces'
             _, layout, values = shape(full, shown)
@@ -237,7 +240,11 @@ class Renderer:
             for kind, name, encoder in layout.html:
                 if kind == "val":
                     assert encoder is not None
-                    total += qp_weight(encoder(values[name]))
+                    value = values[name]
+                    weight = weights.get((encoder, value))
+                    if weight is None:
+                        weight = weights[encoder, value] = qp_weight(encoder(value))
+                    total += weight
             return total
 
         sizes: dict[tuple[int, int], int] = {}

@@ -12,10 +12,9 @@ the only markup we add ourselves is highlighting, built here from escaped pieces
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from email.utils import parseaddr
 from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
@@ -28,7 +27,7 @@ from mjml import mjml2html
 from digest.budget import fit, fit_holds
 from digest.feedback_links import ReaderLinks
 from digest.latex import readable, readable_spans
-from digest.mailer import qp_size, qp_weight
+from digest.mailer import qp_size, qp_weight, sender_address
 from digest.models import RECOMMENDED_SECTION, Digest, Entry, RenderedEmail, Span
 from digest.tidy import without_zero_fonts
 
@@ -158,26 +157,43 @@ def subject_line(digest: Digest) -> str:
 def _strings(digest: Digest, shown: int, sender: str) -> dict[str, str]:
     """The per-email text outside the paper blocks, as whole strings (the assembling renderer
     fills these into a layout; the reference renders them through the template)."""
-    entries = digest.entries[:shown]
-    deferred = len(digest.entries) - shown
+    return strings_of(digest, sender)(shown)
+
+
+def strings_of(digest: Digest, sender: str) -> Callable[[int], dict[str, str]]:
+    """`_strings(digest, shown, sender)` as a function of `shown`: what does not depend on how
+    many papers are shown worked out once (the budget's choice asks for several)."""
     person = digest.subscriber
     following = "; ".join(person.keywords)
     if person.authors:
         following += "; papers by " + "; ".join(person.authors)
-    return {
+    fixed = {
         "subject": subject_line(digest),
-        "preview": "; ".join(readable(entry.paper.title) for entry in entries[:3]),
         "day": _long_day(digest.day),
-        "summary": _summary(digest, entries),
-        "deferred_line": f"{deferred} more paper{'s' if deferred != 1 else ''} did not fit in "
-        f"this email; they will follow in your next digest."
-        if deferred
-        else "",
         "subscriber_email": person.email,
         "frequency": "daily" if person.weekday is None else "weekly",
         "following": following,
-        "sender_address": _address(sender),
+        "sender_address": sender_address(sender),
     }
+    entries = digest.entries
+    previews: dict[int, str] = {}
+
+    def strings(shown: int) -> dict[str, str]:
+        deferred = len(entries) - shown
+        first = min(shown, 3)
+        if first not in previews:
+            previews[first] = "; ".join(readable(entry.paper.title) for entry in entries[:first])
+        return {
+            **fixed,
+            "preview": previews[first],
+            "summary": _summary(digest, entries[:shown]),
+            "deferred_line": f"{deferred} more paper{'s' if deferred != 1 else ''} did not fit "
+            f"in this email; they will follow in your next digest."
+            if deferred
+            else "",
+        }
+
+    return strings
 
 
 def _summary(digest: Digest, entries: Sequence[Entry]) -> str:
@@ -200,11 +216,6 @@ def _long_day(day: str) -> str:
 @lru_cache(maxsize=64)
 def _short_day(day: str) -> str:
     return date.fromisoformat(day).strftime("%-d %b %Y")
-
-
-@lru_cache(maxsize=64)
-def _address(sender: str) -> str:
-    return parseaddr(sender)[1] or sender
 
 
 def _split(
