@@ -22,9 +22,19 @@ def header_value(value: str) -> str:
     return " ".join(value.split())
 
 
+@lru_cache(maxsize=64)
+def sender_address(sender: str) -> str:
+    """The address of a From value ("Name <a@b>" -> "a@b"): the same for every email of a run."""
+    return parseaddr(sender)[1] or sender
+
+
 def sender_domain(sender: str) -> str:
-    address = parseaddr(sender)[1] or sender
-    return address.rpartition("@")[2] or "localhost"
+    return sender_address(sender).rpartition("@")[2] or "localhost"
+
+
+@lru_cache(maxsize=8)
+def _date(when: datetime) -> str:
+    return format_datetime(when)  # one time for every email of a run
 
 
 def new_message_id(sender: str) -> str:
@@ -224,13 +234,13 @@ def message_bytes(
     """The email `build_message` builds, written directly as bytes with CRLF line endings: the
     same headers in the same order, multipart/alternative with text/plain then text/html, both
     utf-8 quoted-printable. Much faster than the email package for the bodies (C encoder)."""
-    address = parseaddr(sender)[1] or sender
+    address = sender_address(sender)
     mailto = f"<mailto:{address}?subject=unsubscribe>"
     head = [
         _folded_by_email_package("From", header_value(sender)),
         _header("To", header_value(to), address=True),
         _header("Subject", header_value(rendered.subject)),
-        _header("Date", format_datetime(when)),
+        _header("Date", _date(when)),
         _header("Message-ID", header_value(message_id)),
         _header("List-Id", f"arXiv digest <digest.{sender_domain(sender)}>"),
     ]
