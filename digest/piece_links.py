@@ -81,24 +81,37 @@ class EmailLinks:
             return
         tails = self.links.tails_many(todo, self._mac)
         start = self.links.base + self.links.signed + "~"
-        if self.plain:
+        plain = [i for i, paper_id in enumerate(todo) if _short_id(paper_id)] if self.plain else []
+        if plain:
+            # The shared start, then each tail as `_short` encodes it (the tails are short and
+            # begin with "m~"/"n~"): their encodings made in four calls for all the papers.
             (html, html_code, _), (text, text_code, _) = self.html_start, self.text_start
-        for paper_id, (more, less) in zip(todo, tails, strict=True):
-            if self.plain and _short_id(paper_id):
-                # The shared start, then the tail as `_short` encodes it (the tails are short
-                # and begin with "m~"/"n~"): written out, as this runs for every paper.
-                quoted_more, quoted_less = more + '"', less + '"'
-                made[paper_id] = (
-                    (
-                        (html, quoted_more, html, quoted_less),
-                        (html_code, _soft(quoted_more), html_code, _soft(quoted_less)),
-                    ),
-                    ((text, more, text, less), (text_code, _soft(more), text_code, _soft(less))),
+            more = [tails[i][0] for i in plain]
+            less = [tails[i][1] for i in plain]
+            quoted_more = [tail + '"' for tail in more]
+            quoted_less = [tail + '"' for tail in less]
+            for i, qm, ql, mt, lt, qmc, qlc, mc, lc in zip(
+                plain,
+                quoted_more,
+                quoted_less,
+                more,
+                less,
+                _soft_all(quoted_more),
+                _soft_all(quoted_less),
+                _soft_all(more),
+                _soft_all(less),
+                strict=True,
+            ):
+                made[todo[i]] = (
+                    ((html, qm, html, ql), (html_code, qmc, html_code, qlc)),
+                    ((text, mt, text, lt), (text_code, mc, text_code, lc)),
                 )
-            else:
+        for paper_id, (more_tail, less_tail) in zip(todo, tails, strict=True):
+            if paper_id not in made:
+                more_url, less_url = start + more_tail, start + less_tail
                 made[paper_id] = (
-                    _whole(_href(start + more), _href(start + less)),
-                    _whole(start + more, start + less),
+                    _whole(_href(more_url), _href(less_url)),
+                    _whole(more_url, less_url),
                 )
 
     def _make(self, paper_id: str) -> tuple[Links, Links]:
@@ -114,8 +127,9 @@ def _short_id(paper_id: str) -> bool:
     return bool(_PLAIN_ID.fullmatch(paper_id.replace("/", "!")))
 
 
-def _soft(text: str) -> bytes:
-    return text.encode() + b"=\r\n"
+def _soft_all(texts: list[str]) -> list[bytes]:
+    """Each of these ASCII `texts` (no NUL) encoded and ended by a soft line break."""
+    return ("=\r\n\0".join(texts) + "=\r\n").encode().split(b"\0")
 
 
 def _whole(more: str, less: str) -> Links:
