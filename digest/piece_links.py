@@ -21,9 +21,8 @@ from functools import lru_cache
 
 from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE, qp_weight
-from digest.pieces import Links, _html_attr, _Part, _part
+from digest.pieces import PLAIN_URL, Links, _html_attr, _Part, _part
 
-_PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")  # written as they are, in quotes
 _SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._~!:?#%+,;@*()-]{1,40}")  # ids whose tails are `_SHORT`
 _TAIL = len("m~") + len("~") + MAC_CHARS  # a tail's length besides the paper id
@@ -32,9 +31,7 @@ _TAIL = len("m~") + len("~") + MAC_CHARS  # a tail's length besides the paper id
 def _href(url: str) -> str:
     """`url` as the HTML serializer writes an `<a href>` value, with its quotes (uncached:
     every reader's links are their own)."""
-    if _PLAIN_URL.fullmatch(url):
-        return f'"{url}"'
-    return _html_attr.__wrapped__("a", "href", url)
+    return _html_attr.__wrapped__("a", "href", url)  # type: ignore[no-any-return]
 
 
 def _short(text: str) -> _Part:
@@ -51,7 +48,7 @@ class EmailLinks:
     def __init__(self, links: ReaderLinks) -> None:
         self.links = links
         start = links.base + links.signed + "~"
-        self.plain = bool(_PLAIN_URL.fullmatch(start))
+        self.plain = bool(PLAIN_URL.fullmatch(start))
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
         self._made: dict[str, tuple[Links, Links]] = {}

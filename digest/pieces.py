@@ -30,9 +30,22 @@ class _Slow(Exception):
     """This email cannot be joined from pieces: render it the reference way."""
 
 
-@lru_cache(maxsize=65536)
+# What the HTML serializer writes as it is: as text, ASCII but "&", "<", ">" and control
+# characters (tab and newline kept); in a URL attribute, what _PLAIN_URL allows. Checked against
+# lxml in tests/test_render_equivalence.py.
+_PLAIN_TEXT = re.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*")
+PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")
+
+
 def _html_text(value: str) -> str:
     """`value` as the HTML serializer writes it as text (what premailer's output holds)."""
+    if _PLAIN_TEXT.fullmatch(value):
+        return value  # most of a run's values: no trip through lxml
+    return _html_text_lxml(value)
+
+
+@lru_cache(maxsize=65536)
+def _html_text_lxml(value: str) -> str:
     if _REWRITTEN.search(value):
         raise _Slow
     element = etree.Element("p")
@@ -44,6 +57,8 @@ def _html_text(value: str) -> str:
 def _html_attr(tag: str, attr: str, value: str) -> str:
     """`value` as the HTML serializer writes it as attribute `attr` of a `tag` element, with
     its quotes (single ones when the value holds a double quote)."""
+    if tag == "a" and attr == "href" and PLAIN_URL.fullmatch(value):
+        return f'"{value}"'
     element = etree.Element(tag)
     element.set(attr, value)
     out = etree.tostring(element, method="html", encoding="unicode")

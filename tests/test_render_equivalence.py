@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from lxml import etree
 from standins import load_papers
 
 from digest import feedback_links
@@ -29,6 +30,7 @@ from digest.models import (
     TrendingPaper,
 )
 from digest.piece_links import EmailLinks, _href, _short
+from digest.pieces import _PLAIN_TEXT, PLAIN_URL, _html_attr, _html_text, _html_text_lxml
 from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
@@ -468,3 +470,31 @@ def test_an_emails_links_made_at_once_are_each_papers_own() -> None:
                 paper_id,
                 kind,
             )
+
+
+def test_values_written_as_they_are_are_what_lxml_writes() -> None:
+    """The serializer's short cuts (`_html_text`, `_html_attr` for an href: values returned
+    as they are, without lxml) agree with lxml itself on every ASCII character alone, on random
+    strings of them, and on every real title, abstract and author list."""
+    rng = random.Random(5)
+    ascii_chars = [chr(c) for c in range(0x20, 0x7F)] + ["\t", "\n"]
+    samples = ascii_chars + [
+        "".join(rng.choices(ascii_chars, k=rng.randint(0, 60))) for _ in range(3000)
+    ]
+    for paper in _papers():
+        samples += [paper.title, paper.abstract, ", ".join(paper.authors)]
+    plain_text = plain_url = 0
+    for value in samples:
+        if _PLAIN_TEXT.fullmatch(value):
+            plain_text += 1
+            assert _html_text(value) == _html_text_lxml(value) == value, repr(value)
+        if PLAIN_URL.fullmatch(value):
+            plain_url += 1
+            assert _html_attr("a", "href", value) == _html_attr.__wrapped__("a", "href", value)
+            element = etree.Element("a")
+            element.set("href", value)
+            assert (
+                etree.tostring(element, method="html", encoding="unicode")
+                == f'<a href="{value}"></a>'
+            )
+    assert plain_text > 1000 and plain_url > 50  # both short cuts were tried
