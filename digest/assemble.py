@@ -52,6 +52,10 @@ from digest.render import (
 log = logging.getLogger(__name__)
 
 
+def _no_links(paper_id: str) -> int:
+    return 0
+
+
 class Renderer:
     """Renders the emails of one run. `render(digest, unsubscribe_url)` returns exactly what
     `render_reference` returns for the same digest; only the time it takes differs.
@@ -204,9 +208,9 @@ class Renderer:
         entries = digest.entries
         total = len(entries)
         piece, upvotes, with_links = self.blocks.piece, digest.upvotes, links is not None
-        ids = [e.paper.id for e in entries]
+        ids = digest.paper_ids
         mine = EmailLinks(links) if links is not None else None  # this reader's links
-        extra = [mine.weight(i) for i in ids] if mine is not None else [0] * total
+        weight = mine.weight if mine is not None else _no_links  # what a paper's links add
         # Each paper's piece in full and compact, made only as far as the choice looks: most
         # emails at the budget show every paper compact, and defer the last ones.
         fulls: list[_Piece] = []
@@ -216,8 +220,9 @@ class Renderer:
         def made(n: int, pieces: list[_Piece], sums: list[int], compact: bool) -> list[int]:
             while len(pieces) < n:
                 entry = entries[len(pieces)]
-                one = piece(entry, upvotes.get(entry.paper.id, 0), with_links, compact)
-                sums.append(sums[-1] + one.html_size + extra[len(pieces)])
+                paper_id = entry.paper.id
+                one = piece(entry, upvotes.get(paper_id, 0), with_links, compact)
+                sums.append(sums[-1] + one.html_size + weight(paper_id))
                 pieces.append(one)
             return sums
 
