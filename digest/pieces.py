@@ -31,7 +31,7 @@ class _Slow(Exception):
 
 
 # What the HTML serializer writes as it is: as text, ASCII but "&", "<", ">" and control
-# characters (tab and newline kept); in a URL attribute, what _PLAIN_URL allows. Checked against
+# characters (tab and newline kept); in an href, what PLAIN_URL allows. Checked against
 # lxml in tests/test_render_equivalence.py.
 _PLAIN_TEXT = re.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*")
 PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")
