@@ -122,7 +122,7 @@ class ReaderLinks:
     def tails_many(self, paper_ids: Sequence[str], reader: Any = None) -> list[tuple[str, str]]:
         """`tails` of each of these papers; their MACs base64-encoded in one call (24 bytes
         are 32 characters without padding, so the encodings of the MACs joined are the
-        joined encodings: `_split`'s, checked in tests/test_feedback_links.py)."""
+        joined encodings: `_split`'s, checked in tests/test_render_equivalence.py)."""
         copy = (reader or self.mac()).copy
         macs = []
         for paper_id in paper_ids:
