@@ -150,6 +150,7 @@ class Renderer:
             unsubscribe_url=unsubscribe_url,
             preferences_url=preferences_url,
             links=links,
+            html=reference.html if reference is not None else None,
         ):
             log.warning(
                 "the budget search for %s chose differently from the full rendering's; "

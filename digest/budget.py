@@ -62,13 +62,21 @@ def largest(fits: Callable[[int], bool], upper: int, guess: int | None = None) -
 
 
 def fit_holds(
-    size: Callable[[int, int], int], total: int, budget: int, full: int, shown: int
+    size: Callable[[int, int], int],
+    total: int,
+    budget: int,
+    full: int,
+    shown: int,
+    known: dict[tuple[int, int], int] | None = None,
 ) -> bool:
     """Whether `fit(size, total, budget)` gives (`full`, `shown`), asking `size` at most
     three times: at the edges of the choice (a choice's size grows with its papers, which
     `fit`'s binary search assumes too, so the largest that fits is the one just below the
-    first that does not)."""
-    memo: dict[tuple[int, int], int] = {}
+    first that does not). `known`: sizes already measured, by (full, shown).
+
+    Everything in full is asked only when that is the choice: a choice that does not fit
+    with fewer papers in full (or none) cannot fit with all of them in full."""
+    memo: dict[tuple[int, int], int] = dict(known or {})
 
     def fits(f: int, s: int) -> bool:
         if (f, s) not in memo:
@@ -77,11 +85,9 @@ def fit_holds(
 
     if total == 0 or (full, shown) == (total, total):
         return (full, shown) == (0, 0) if total == 0 else fits(total, total)
-    if fits(total, total):
-        return False
-    if shown == total:  # as many in full as fit, the rest compact
+    if shown == total:  # as many in full as fit, the rest compact (so not all in full)
         return fits(full, total) and not fits(full + 1, total)
-    # None in full, and as many compact ones as fit.
+    # None in full, and as many compact ones as fit (so not all of them, even compact).
     return (
         full == 0
         and not fits(0, total)

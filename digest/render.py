@@ -321,16 +321,19 @@ def reference_fits(
     unsubscribe_url: str | None = None,
     preferences_url: str | None = None,
     links: ReaderLinks | None = None,
+    html: str | None = None,
 ) -> bool:
     """Whether `render_reference` would choose to show the first `shown` papers, `full` of
-    them in full: the choice checked at its edges (`fit_holds`), two or three renderings
-    instead of the whole search."""
+    them in full: the choice checked at its edges (`fit_holds`), one to three renderings
+    instead of the whole search (`html`: the reference rendering of this choice, when made
+    already: one fewer)."""
 
     def size(f: int, s: int) -> int:
         context = _context(digest, f, s, sender, unsubscribe_url, preferences_url, links)
         return qp_size(qp_weight(render_html(context)))
 
-    return fit_holds(size, len(digest.entries), budget, full, shown)
+    known = {} if html is None else {(full, shown): qp_size(qp_weight(html))}
+    return fit_holds(size, len(digest.entries), budget, full, shown, known)
 
 
 def render_at(

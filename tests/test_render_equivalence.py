@@ -252,7 +252,20 @@ def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
 
         budget = rng.randint(50, 3000)
         chosen = fit(size, total, budget)
-        assert fit_holds(size, total, budget, *chosen)
+        asked: list[tuple[int, int]] = []
+
+        def counted(f: int, s: int, asked: list[tuple[int, int]] = asked) -> int:
+            asked.append((f, s))
+            return size(f, s)
+
+        assert fit_holds(counted, total, budget, *chosen)
+        assert len(asked) <= 3
+        if chosen[1] < total:  # not all shown: all in full is implied not to fit, never asked
+            assert (total, total) not in asked
+        known = {chosen: size(*chosen)}  # a rendering of the choice made already is not redone
+        asked.clear()
+        assert fit_holds(counted, total, budget, *chosen, known)
+        assert chosen not in asked
         others = {(f, s) for s in range(total + 1) for f in range(s + 1)} - {chosen}
         assert not any(fit_holds(size, total, budget, *other) for other in others)
 
