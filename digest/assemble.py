@@ -34,7 +34,7 @@ from dataclasses import replace
 from itertools import accumulate
 
 from digest.blocks import _VALUES, Blocks
-from digest.budget import fit, largest
+from digest.budget import largest
 from digest.feedback_links import ReaderLinks
 from digest.layouts import Layout, Layouts, fill
 from digest.mailer import qp_size, qp_weight
@@ -269,28 +269,34 @@ class Renderer:
             room = (self.budget - at) * 72 // 75
             return min(max(bisect_right(growth, growth[n] + room) - 1, 0), upper)
 
-        def guess() -> int:  # how many in full: two secant steps on the pieces' sizes
-            made(total, fulls, full_sums, False)
-            made(total, compacts, compact_sums, True)
-            growth = [f - c for f, c in zip(full_sums, compact_sums, strict=True)]
-            first = step(total, growth, size(total, total), total)
-            return step(first, growth, size(first, total), total)
-
         def choose() -> tuple[int, int]:
-            # Everything in full first when the last email fitted so (what fit() asks first):
-            # its compact pieces are then never made.
+            # `fit`'s answer, with pieces made only as far as it looks: everything in full
+            # first when the last email fitted so (what fit() asks first).
             if self._whole and size(total, total) <= self.budget:
                 return total, total
             # The all-compact email of the first k papers, grown until it is over the budget:
             # then none fits in full, fewer than k are shown, and nothing past k is made.
-            base = around(0, total)
+            base = around(0, total)  # (no paper in full: the least around the pieces)
             for k in range(1, total):
                 sums = made(k, compacts, compact_sums, True)
                 if qp_size(base + sums[k]) > self.budget and size(0, k) > self.budget:
                     near = step(k, sums, size(0, k), k - 1)
                     near = step(near, sums, size(0, near), k - 1)
                     return 0, largest(lambda n: size(0, n) <= self.budget, k - 1, near)
-            return fit(size, total, self.budget, guess)
+            # Every paper compact is near the budget or under it: the first f in full, grown
+            # until over the budget, so full pieces past the answer are never made.
+            compact = made(total, compacts, compact_sums, True)
+            over = total
+            for f in range(1, total + 1):
+                sums = made(f, fulls, full_sums, False)
+                quick = base + sums[f] + compact[total] - compact[f]
+                if qp_size(quick) > self.budget and size(f, total) > self.budget:
+                    over = f
+                    break
+            full = largest(lambda n: size(n, total) <= self.budget, over, over - 1)
+            if full > 0 or size(0, total) <= self.budget:
+                return full, total
+            return 0, largest(lambda n: size(0, n) <= self.budget, total)
 
         full, shown = choose()
         self._whole = full == total  # (the next email most likely fits the same way)
