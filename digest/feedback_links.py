@@ -21,7 +21,7 @@ from typing import Any
 
 from itsdangerous import BadSignature
 
-from digest.tokens import serializer
+from digest.tokens import make_token, serializer
 
 READER_SALT = "digest.feedback.reader"
 LIKES_SALT = "digest.likes"
@@ -54,11 +54,13 @@ def _split(reader: Any, paper_id: str) -> tuple[str, str]:
 
 
 def reader_token(secret: str, subscriber_key: str) -> str:
-    return str(serializer(secret, READER_SALT).dumps(subscriber_key))
+    """The `<reader>` part of the reader's links (`tokens.make_token`, made cheaply)."""
+    return make_token(secret, subscriber_key, READER_SALT)
 
 
 def likes_token(secret: str, subscriber_key: str) -> str:
-    return str(serializer(secret, LIKES_SALT).dumps(subscriber_key))
+    """The token of the reader's "your likes" page (`tokens.make_token`, made cheaply)."""
+    return make_token(secret, subscriber_key, LIKES_SALT)
 
 
 def token(secret: str, subscriber_key: str, paper_id: str, kind: str) -> str:

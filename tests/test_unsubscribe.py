@@ -1,6 +1,7 @@
 """Unsubscribe that sticks: the links in real emails, `digest serve` as a real process on
 127.0.0.1 spoken to over real HTTP, the suppression in the database, `digest send` afterwards,
-and the page rendered by a real headless browser."""
+and the page rendered by a real headless browser; and the links' tokens, made cheaply, byte for
+byte what itsdangerous makes."""
 
 from __future__ import annotations
 
@@ -240,3 +241,76 @@ def test_serve_needs_a_secret_and_send_falls_back_to_mailto(
         "Error: DIGEST_SECRET=(hidden) is not valid: use at least 16 random characters, e.g. "
         "the output of python3 -c 'import secrets; print(secrets.token_urlsafe(32))'\n",
     )
+
+
+def _adversarial_keys() -> list[str]:
+    """Keys whose payloads itsdangerous zlib-compresses, or just does not (the compressed JSON
+    one byte short of winning, `len(compressed) == len(json) - 1`), or that JSON escapes."""
+    keys = ["", "a", "é", "\x00", '"', "\\", "\u2028", "😀" * 9, "a" * 60 + "@x.org", "A" * 400]
+    keys += ["ab" * r + "@x.org" for r in range(1, 40)]
+    keys += ["ü" * r + "@bücher.de" for r in range(1, 30)]
+    keys += [f"{'x' * r}.{'x' * r}@{'x' * r}.org" for r in range(1, 25)]
+    keys += [("ada.lovelace" * r)[: 20 + r] + "@example.org" for r in range(1, 12)]
+    return keys
+
+
+def test_tokens_are_itsdangerous_own_bytes_for_every_key_and_salt() -> None:
+    """The four tokens of an email, made cheaply, are what `URLSafeSerializer(secret,
+    salt=salt).dumps(key)` makes, for random and adversarial keys, with two secrets in turn;
+    and the readers (`read_token`, `feedback_links.read`, the likes page's `loads`) read them."""
+    import random
+    import zlib
+
+    from itsdangerous import URLSafeSerializer
+
+    from digest import feedback_links
+    from digest.feedback_links import LIKES_SALT, READER_SALT, likes_token, reader_token
+    from digest.tokens import PREFERENCES_SALT, SALT, make_token, read_token
+
+    rng = random.Random(2024)
+    alphabets = [
+        "abcdefghijklmnopqrstuvwxyz0123456789.-_+@",
+        "ab@.",  # few letters: long repeats that compress
+        "".join(map(chr, range(32, 127))),
+        "äöüßéèçñøåłżšđ中文字😀\u2028\x7f\x00\t\"\\'",
+    ]
+    keys = [
+        "".join(rng.choices(rng.choice(alphabets), k=rng.choice([rng.randint(1, 40), 90])))
+        for _ in range(2000)
+    ] + _adversarial_keys()
+
+    def compressed(key: str) -> int:
+        """How much shorter zlib makes the key's JSON (itsdangerous uses it from 2 up)."""
+        json = URLSafeSerializer("s").serializer.dumps(key).encode()
+        return len(json) - len(zlib.compress(json))
+
+    gains = {compressed(key) for key in keys}
+    assert {1, 2} <= gains, "the keys must include both sides of the rule's edge"
+    assert any(gain > 2 for gain in gains) and any(gain < 0 for gain in gains)
+
+    secrets = ["test-secret-0123456789abcdef", "another-secret-fedcba9876543210"]
+    salts = (SALT, READER_SALT, LIKES_SALT, PREFERENCES_SALT)
+    library = {(s, salt): URLSafeSerializer(s, salt=salt) for s in secrets for salt in salts}
+    checked = 0
+    for i, key in enumerate(keys):
+        secret = secrets[i % 2]
+        made = {  # in the order an email makes them
+            SALT: make_token(secret, key),
+            READER_SALT: reader_token(secret, key),
+            LIKES_SALT: likes_token(secret, key),
+            PREFERENCES_SALT: make_token(secret, key, PREFERENCES_SALT),
+        }
+        for salt, token in made.items():
+            assert token == library[secret, salt].dumps(key), (key, salt)
+            assert library[secret, salt].loads(token) == key
+            assert token.startswith(".") == (compressed(key) > 1)
+            checked += 1
+        if key:
+            assert read_token(secret, made[SALT]) == key
+            assert read_token(secret, made[PREFERENCES_SALT], PREFERENCES_SALT) == key
+            assert read_token(secret, made[READER_SALT]) is None  # another page's token
+            assert read_token(secrets[1 - i % 2], made[SALT]) is None  # another secret's
+            link = feedback_links.token(secret, key, "2401.00001", "like")
+            assert link.startswith(made[READER_SALT] + "~")
+            assert feedback_links.read(secret, link) == (key, "2401.00001", "like")
+    assert checked == 4 * len(keys) > 8000
