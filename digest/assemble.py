@@ -52,6 +52,9 @@ from digest.render import (
 log = logging.getLogger(__name__)
 
 
+AHEAD = 8  # compact pieces made at a time while looking for where the budget ends
+
+
 def _no_links(paper_id: str) -> int:
     return 0
 
@@ -72,6 +75,8 @@ class Renderer:
         self.mismatches = 0
         self.budget_trusted = True  # until a sample's choice of papers differs (then: slow)
         self._whole = True  # the last email showed every paper in full
+        # The largest weight whose quoted-printable size is within the budget.
+        self._room = largest(lambda weight: qp_size(weight) <= budget, budget)
 
     @property
     def mark(self) -> str:
@@ -208,7 +213,7 @@ class Renderer:
     ) -> tuple[RenderedEmail, tuple[object, ...]]:
         entries = digest.entries
         total = len(entries)
-        piece, upvotes, with_links = self.blocks.piece, digest.upvotes, links is not None
+        pieces_of, upvotes, with_links = self.blocks.pieces, digest.upvotes, links is not None
         ids = digest.paper_ids
         mine = EmailLinks(links) if links is not None else None  # this reader's links
         weight = mine.weight if mine is not None else _no_links  # what a paper's links add
@@ -219,12 +224,12 @@ class Renderer:
         full_sums, compact_sums = [0], [0]  # their HTML sizes (with the links), summed
 
         def made(n: int, pieces: list[_Piece], sums: list[int], compact: bool) -> list[int]:
-            while len(pieces) < n:
-                entry = entries[len(pieces)]
-                paper_id = entry.paper.id
-                one = piece(entry, upvotes.get(paper_id, 0), with_links, compact)
-                sums.append(sums[-1] + one.html_size + weight(paper_id))
-                pieces.append(one)
+            at = len(pieces)
+            if at < n:
+                more = pieces_of(entries[at:n], upvotes, with_links, compact)
+                pieces += more
+                sizes = [one.html_size + weight(i) for one, i in zip(more, ids[at:n], strict=True)]
+                sums += accumulate(sizes, initial=sums.pop())
             return sums
 
         cache: dict[tuple[int, int], tuple[tuple[object, ...], Layout, dict[str, str]]] = {}
@@ -277,12 +282,16 @@ class Renderer:
             # The all-compact email of the first k papers, grown until it is over the budget:
             # then none fits in full, fewer than k are shown, and nothing past k is made.
             base = around(0, total)  # (no paper in full: the least around the pieces)
-            for k in range(1, total):
-                sums = made(k, compacts, compact_sums, True)
-                if qp_size(base + sums[k]) > self.budget and size(0, k) > self.budget:
+            k = 0
+            while k < total - 1:  # (a few pieces at a time: the first k whose sum is over)
+                ahead = min(k + AHEAD, total - 1)
+                sums = made(ahead, compacts, compact_sums, True)
+                k = bisect_right(sums, self._room - base, k + 1, ahead + 1)
+                if k <= ahead and size(0, k) > self.budget:
                     near = step(k, sums, size(0, k), k - 1)
                     near = step(near, sums, size(0, near), k - 1)
                     return 0, largest(lambda n: size(0, n) <= self.budget, k - 1, near)
+                k = min(k, ahead)
             # Every paper compact is near the budget or under it: the first f in full, grown
             # until over the budget, so full pieces past the answer are never made.
             compact = made(total, compacts, compact_sums, True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 
 from markupsafe import Markup
@@ -94,6 +94,30 @@ class Blocks:
         known = self._keys.get((id(entry), upvotes, links, compact))
         if known is not None and known[0] is entry:
             return known[1]
+        return self._piece(entry, upvotes, links, compact)
+
+    def pieces(
+        self,
+        entries: Sequence[Entry],
+        upvotes: Mapping[str, int],
+        links: bool = False,
+        compact: bool = False,
+    ) -> list[_Piece]:
+        """`piece` of each of these entries (`upvotes`: by paper id), the ones made already
+        found in one pass (most of an email's papers are in other readers' emails too)."""
+        keys, make = self._keys, self._piece
+        found = []
+        for entry in entries:
+            votes = upvotes.get(entry.paper.id, 0)
+            known = keys.get((id(entry), votes, links, compact))
+            if known is not None and known[0] is entry:
+                found.append(known[1])
+            else:
+                found.append(make(entry, votes, links, compact))
+        return found
+
+    def _piece(self, entry: Entry, upvotes: int, links: bool, compact: bool) -> _Piece:
+        """A piece not made yet (`piece`): made from the paper's skeleton, and kept."""
         paper = entry.paper
         rec = entry.why is not None
         key = (paper.id, paper.version, upvotes, rec, links)
