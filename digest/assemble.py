@@ -248,14 +248,12 @@ class Renderer:
         def around(full: int, shown: int) -> int:  # the HTML's weight but the pieces'
             _, layout, values = shape(full, shown)
             total = layout.html_literal_size
-            for kind, name, encoder in layout.html:
-                if kind == "val":
-                    assert encoder is not None
-                    value = values[name]
-                    weight = weights.get((encoder, value))
-                    if weight is None:
-                        weight = weights[encoder, value] = qp_weight(encoder(value))
-                    total += weight
+            for name, encoder in layout.html_values:
+                value = values[name]
+                weight = weights.get((encoder, value))
+                if weight is None:
+                    weight = weights[encoder, value] = qp_weight(encoder(value))
+                total += weight
             return total
 
         sizes: dict[tuple[int, int], int] = {}

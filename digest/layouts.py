@@ -46,6 +46,7 @@ class Layout:
     html: tuple[LayoutPart, ...]
     text: tuple[LayoutPart, ...]
     html_literal_size: int  # mailer.qp_weight of every literal part of the HTML together
+    html_values: tuple[tuple[str, Callable[[str], str]], ...] = ()  # its values' (name, encoder)
 
 
 class Layouts:
@@ -116,7 +117,8 @@ class Layouts:
             if names.count("C") != int(bool(compact)):
                 raise _Slow
         literal = sum(qp_weight(text) for kind, text, _ in html_parts if kind == "lit")
-        return Layout(html_parts, text_parts, literal)
+        values = tuple((name, how) for kind, name, how in html_parts if kind == "val" and how)
+        return Layout(html_parts, text_parts, literal, values)
 
     def _parse(self, source: str, *, html: bool) -> tuple[LayoutPart, ...]:
         """A layout's parts: the text between marks, and what each mark stands for."""

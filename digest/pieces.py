@@ -35,6 +35,10 @@ class _Slow(Exception):
 # lxml in tests/test_render_equivalence.py.
 _PLAIN_TEXT = re.compile(r"[\t\n\x20-\x25\x27-\x3b\x3d\x3f-\x7e]*")
 PLAIN_URL = re.compile(r"[A-Za-z0-9._~!:/?=#%+,;@*()-]*")
+# ...and as any other attribute's value (an aria-label, a title), printable ASCII but '"', "&",
+# "<" and ">" (URI attributes, which the serializer escapes its own way, excepted).
+_PLAIN_ATTR = re.compile(r"[\x20\x21\x23-\x25\x27-\x3b\x3d\x3f-\x7e]*")
+_URI_ATTRS = frozenset({"href", "src", "action", "name", "background", "cite", "longdesc"})
 
 
 def _html_text(value: str) -> str:
@@ -59,6 +63,8 @@ def _html_attr(tag: str, attr: str, value: str) -> str:
     its quotes (single ones when the value holds a double quote)."""
     if tag == "a" and attr == "href" and PLAIN_URL.fullmatch(value):
         return f'"{value}"'
+    if attr not in _URI_ATTRS and _PLAIN_ATTR.fullmatch(value):
+        return f'"{value}"'  # (an email's aria-label: one a reader, no trip through lxml)
     element = etree.Element(tag)
     element.set(attr, value)
     out = etree.tostring(element, method="html", encoding="unicode")

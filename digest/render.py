@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import date
 from functools import cache, lru_cache
 from importlib import resources
+from itertools import accumulate
 from pathlib import Path
 
 import jinja2
@@ -177,6 +178,8 @@ def strings_of(digest: Digest, sender: str) -> Callable[[int], dict[str, str]]:
     }
     entries = digest.entries
     previews: dict[int, str] = {}
+    sections = sum(1 for s in digest.sections if s.keyword != RECOMMENDED_SECTION)
+    recommended = [0, *accumulate(entry.why is not None for entry in entries)]  # of the first n
 
     def strings(shown: int) -> dict[str, str]:
         deferred = len(entries) - shown
@@ -186,7 +189,7 @@ def strings_of(digest: Digest, sender: str) -> Callable[[int], dict[str, str]]:
         return {
             **fixed,
             "preview": previews[first],
-            "summary": _summary(digest, entries[:shown]),
+            "summary": _summary(shown - recommended[shown], recommended[shown], sections),
             "deferred_line": f"{deferred} more paper{'s' if deferred != 1 else ''} did not fit "
             f"in this email; they will follow in your next digest."
             if deferred
@@ -196,11 +199,9 @@ def strings_of(digest: Digest, sender: str) -> Callable[[int], dict[str, str]]:
     return strings
 
 
-def _summary(digest: Digest, entries: Sequence[Entry]) -> str:
-    """ "12 new papers for 3 of your keywords" (", 2 recommended for you" when some are)."""
-    recommended = sum(1 for entry in entries if entry.why is not None)
-    count = len(entries) - recommended
-    sections = sum(1 for s in digest.sections if s.keyword != RECOMMENDED_SECTION)
+def _summary(count: int, recommended: int, sections: int) -> str:
+    """ "12 new papers for 3 of your keywords" (", 2 recommended for you" when some are):
+    `count` keyword papers shown, `recommended` papers, `sections` keywords with papers."""
     mine = f"{recommended} recommended for you"
     if not count and recommended:
         return mine

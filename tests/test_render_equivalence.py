@@ -30,7 +30,14 @@ from digest.models import (
     TrendingPaper,
 )
 from digest.piece_links import EmailLinks, _href, _short
-from digest.pieces import _PLAIN_TEXT, PLAIN_URL, _html_attr, _html_text, _html_text_lxml
+from digest.pieces import (
+    _PLAIN_ATTR,
+    _PLAIN_TEXT,
+    PLAIN_URL,
+    _html_attr,
+    _html_text,
+    _html_text_lxml,
+)
 from digest.render import render_reference
 
 SENDER = "arXiv digest <digest@example.org>"
@@ -496,7 +503,7 @@ def test_values_written_as_they_are_are_what_lxml_writes() -> None:
     ]
     for paper in _papers():
         samples += [paper.title, paper.abstract, ", ".join(paper.authors)]
-    plain_text = plain_url = 0
+    plain_text = plain_url = plain_attr = 0
     for value in samples:
         if _PLAIN_TEXT.fullmatch(value):
             plain_text += 1
@@ -510,4 +517,13 @@ def test_values_written_as_they_are_are_what_lxml_writes() -> None:
                 etree.tostring(element, method="html", encoding="unicode")
                 == f'<a href="{value}"></a>'
             )
-    assert plain_text > 1000 and plain_url > 50  # both short cuts were tried
+        if _PLAIN_ATTR.fullmatch(value):
+            plain_attr += 1
+            for tag, attr in (("div", "aria-label"), ("span", "title"), ("img", "alt")):
+                element = etree.Element(tag)
+                element.set(attr, value)
+                end = "" if tag == "img" else f"</{tag}>"  # (img: a void element)
+                assert etree.tostring(element, method="html", encoding="unicode") == (
+                    f"<{tag} {attr}={_html_attr(tag, attr, value)}>{end}"
+                ), repr(value)
+    assert plain_text > 1000 and plain_url > 50 and plain_attr > 1000  # the short cuts were tried
