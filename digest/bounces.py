@@ -22,7 +22,8 @@ from digest import bounce_log, store
 from digest.config import PREFIX, Settings
 from digest.errors import ConfigError, DigestError
 from digest.mailbox import Mailbox, describe, open_mailbox
-from digest.reports import Report, parse, verp_recipient
+from digest.reports import Report, parse
+from digest.verp import verp_recipient
 
 log = logging.getLogger(__name__)
 

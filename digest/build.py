@@ -14,20 +14,33 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from digest import feedback_links
 from digest.assemble import Renderer
 from digest.config import Settings
-from digest.dkim import Signer
 from digest.mailer import message_bytes, new_message_id
 from digest.models import Digest, RenderedEmail, Subscriber
 from digest.outbox import NewEmail
 from digest.report import Outcome, Timings
 from digest.tokens import preferences_url, unsubscribe_url
 
+if TYPE_CHECKING:
+    from digest.dkim import Signer
+
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Outcome], None]
+
+
+def dkim_signer(settings: Settings) -> Signer | None:
+    """The DKIM signer DIGEST_DKIM_KEY asks for (`Signer.from_settings`), or None when it is
+    not set."""
+    if settings.dkim_key is None:
+        return None
+    from digest.dkim import Signer  # dkimpy and cryptography (slow to import): only with a key
+
+    return Signer.from_settings(settings)
 
 
 class BuildFailed(Exception):
@@ -123,7 +136,7 @@ class Previews:
 
     def __init__(self, out: Path, emit: Emit, settings: Settings) -> None:
         self.out, self.emit = out, emit
-        self.signer = Signer.from_settings(settings)  # the .eml as it would go out
+        self.signer = dkim_signer(settings)  # the .eml as it would go out
 
     def note(self, outcome: Outcome) -> None:
         self.emit(outcome)

@@ -1,5 +1,8 @@
 """The command line: a thin skin over the library. Each command parses its arguments, calls one
-library function and turns DigestError into `Error: ...` on standard error with exit status 1."""
+library function and turns DigestError into `Error: ...` on standard error with exit status 1.
+
+A module only one command (or the daemon) needs is imported inside that command: `digest send`
+runs every day and imports only what a send uses (tests/test_send.py checks it)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from digest import __version__, bounces, scheduler
+from digest import __version__
 from digest import progress as progress_display
-from digest import status as status_report
 from digest.archive import DEFAULT_MAX, FORMATS, run_archive
 from digest.cli_options import db_option, subscribers_option, user_errors
 from digest.cli_subscribers import subscribers
@@ -20,7 +22,6 @@ from digest.config import Settings
 from digest.errors import DigestError
 from digest.pipeline import run_send
 from digest.report import RunReport
-from digest.testsend import send_test
 
 
 @click.group()
@@ -75,6 +76,8 @@ def send(
     if test_for is not None or test_to is not None:
         if test_for is None or test_to is None or dry_run:
             raise click.UsageError("a test send takes both --subscriber and --to, no --dry-run")
+        from digest.testsend import send_test  # a test send only
+
         sent = send_test(settings, test_for, test_to)
         what = f"test email for {sent.subscriber} ({sent.papers} papers, {sent.size // 1024} KB)"
         if not sent.accepted:
@@ -103,6 +106,8 @@ def run(db: Path | None, subscribers: Path | None) -> None:
     Started after today's send time with today's run not done, it runs at once. A failed run is
     retried later that day with backoff. Logs one line per event to standard error.
     """
+    from digest import scheduler  # the daemon only (with the bounce reader it runs)
+
     logging.getLogger("digest").setLevel(logging.INFO)
     settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
     sys.exit(scheduler.run_daemon(settings))
@@ -134,6 +139,8 @@ def status(
     --check (a container's HEALTHCHECK) also fails when the subscribers file is missing or
     lists no valid subscriber, or the database cannot be written.
     """
+    from digest import status as status_report  # this command only
+
     settings = Settings.from_env(db_path=db, subscribers_path=subscribers)
     found = status_report.gather(settings, runs=runs, grace=timedelta(minutes=grace))
     if as_json:
@@ -245,6 +252,8 @@ def bounces_command(db: Path | None) -> None:
     addresses that hard-bounce or complain, count soft bounces, mark each message processed.
     A report that names no email of ours suspends no one. The daemon runs this before each send.
     """
+    from digest import bounces  # imapclient and flufl.bounce: this command and the daemon only
+
     settings = Settings.from_env(db_path=db)
     run = bounces.read_bounces(settings)
     click.echo(bounces.summary(run))

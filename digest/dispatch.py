@@ -24,9 +24,8 @@ from pathlib import Path
 import sqlite_utils
 
 from digest import outbox, store
-from digest.build import Built, Emit
+from digest.build import Built, Emit, dkim_signer
 from digest.config import Settings
-from digest.dkim import Signer
 from digest.fetch import retry_delay
 from digest.models import Subscriber
 from digest.report import Outcome, Timings
@@ -97,7 +96,7 @@ class Dispatcher:
         self.db, self.settings, self.run_id, self.emit = db, settings, run_id, emit
         self.timings, self.should_stop, self.sleep = timings, should_stop, sleep
         recorder = _Recorder(settings.db_path)
-        signer = Signer.from_settings(settings)
+        signer = dkim_signer(settings)
         self.pool: Pool[_Item] = Pool(
             settings, recorder.accepted, recorder.finished, signer.sign if signer else None
         )

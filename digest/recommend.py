@@ -35,11 +35,11 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import sparse
 
 from digest.models import Paper
 
 if TYPE_CHECKING:
+    from scipy import sparse
     from sklearn.feature_extraction.text import TfidfVectorizer
 
 MODEL_VERSION = "lr-balanced-c1-v2"  # part of every cache key: change it when the fit changes
@@ -162,6 +162,8 @@ Vector = tuple[np.ndarray, np.ndarray]
 
 
 def _stack(rows: Sequence[Vector], width: int) -> sparse.csr_matrix:
+    from scipy import sparse  # slow to import: only a run with a reader's likes gets here
+
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(indices) for indices, _ in rows])
     indices = np.concatenate([i for i, _ in rows]) if rows else np.zeros(0, np.int32)
@@ -206,6 +208,8 @@ class Recommender:
         cache: Mapping[str, Weights] | None = None,
         vectors: Mapping[str, Vector] | None = None,
     ) -> None:
+        from scipy import sparse  # slow to import: only a run with a reader's likes gets here
+
         self.vocabulary = vocabulary
         self.papers: dict[str, Paper] = {p.id: p for p in papers}
         self.ids: list[str] = list(self.papers)
@@ -250,6 +254,8 @@ class Recommender:
         others = [i for i in self.background if i not in taken]
         if not explicit and not others:
             return None
+        from scipy import sparse  # slow to import: only a run with a reader's likes gets here
+
         x = sparse.vstack([self.matrix[positives + explicit], self._rows(others)], format="csr")
         y = np.array([1] * len(positives) + [0] * (len(explicit) + len(others)))
         # Balanced: the likes weigh as much together as the other papers together; and each

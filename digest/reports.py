@@ -9,7 +9,7 @@ bounce), an abuse report (complaint) or anything else, and which email it is abo
   not-spam and auth-failure reports are read and left alone.
 - Which email: the Message-IDs of the original found in the report (the returned message or its
   headers, or quoted in the text), and the addresses the report was sent to (a VERP return path:
-  bounces+ada=example.org@example.org, see `verp_address`).
+  bounces+ada=example.org@example.org, see digest/verp.py).
 Everything in a report is untrusted: values are cut to one line, nothing raises on bad input.
 """
 
@@ -176,28 +176,3 @@ def _complaint(
         tuple(dict.fromkeys(sent_to)),
         source,
     )
-
-
-# VERP ------------------------------------------------------------------------------------------
-
-
-def verp_address(return_path: str, recipient: str) -> str:
-    """The envelope sender for an email to `recipient`: with DIGEST_RETURN_PATH
-    bounces@example.org, mail to ada@example.org goes out from
-    bounces+ada=example.org@example.org, and its bounce comes back to that address."""
-    local, _, domain = return_path.rpartition("@")
-    user, _, host = recipient.strip().rpartition("@")
-    return f"{local}+{user}={host}@{domain}"
-
-
-def verp_recipient(address: str, return_path: str) -> str | None:
-    """The recipient a VERP address of `return_path` stands for (None: it is not one)."""
-    local, _, domain = return_path.casefold().rpartition("@")
-    got_local, _, got_domain = address.strip().casefold().rpartition("@")
-    base, plus, tag = got_local.partition("+")
-    if not plus or base != local or got_domain != domain:
-        return None
-    user, equals, host = tag.rpartition("=")
-    if not equals or not user or not host:
-        return None
-    return f"{user}@{host}"

@@ -24,7 +24,7 @@ from types import TracebackType
 from digest.config import Settings
 from digest.errors import SmtpError
 from digest.mailer import header_value
-from digest.reports import verp_address
+from digest.verp import verp_address
 
 
 def wire_ready(data: bytes) -> bool:

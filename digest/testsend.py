@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from digest import dkim, plan, store, subscribers
 from digest import fetch as fetch_stage
+from digest import plan, store, subscribers
 from digest import trending as trending_stage
-from digest.build import Builder
+from digest.build import Builder, dkim_signer
 from digest.config import Settings
 from digest.errors import DigestError
 from digest.mailer import header_value
@@ -73,7 +73,7 @@ def send_test(settings: Settings, email: str, to: str, *, now: datetime | None =
         raise DigestError(f"{person.email} is owed no papers now: there is nothing to send")
     built = Builder(settings, sender, Timings()).build(digest, now, to=to, subject_mark=TEST_MARK)
     data = built.data
-    signer = dkim.Signer.from_settings(settings)
+    signer = dkim_signer(settings)
     if signer is not None:
         data = signer.sign(data)
     with Messenger(settings) as messenger:

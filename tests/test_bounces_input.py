@@ -14,7 +14,8 @@ from helpers import Digest
 from imap import Dovecot, free_port
 from test_bounces import ENCODED, FIXTURES, PASSWORD
 
-from digest.reports import parse, verp_address, verp_recipient
+from digest.reports import parse
+from digest.verp import verp_address, verp_recipient
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@ client against a loopback arXiv stand-in, and a loopback SMTP server that parses
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import default as default_policy
@@ -66,6 +69,71 @@ def test_dry_run_previews_every_email_and_sends_and_records_nothing(digest: Dige
     assert sent.returncode == 0, sent.stderr
     preview_ids = abs_ids((previews / f"{ADA}.html").read_text(encoding="utf-8"))
     assert abs_ids(parts(messages_to(digest.smtp, ADA)[0])[1]) == preview_ids
+
+
+# What a plain send must not import (each is imported where it is used): scikit-learn and scipy
+# only for readers with likes, dkimpy and cryptography only with DIGEST_DKIM_KEY, the bounce
+# reader (imapclient, flufl.bounce) only by `digest bounces` and the daemon, and the modules of
+# other commands. Together they cost every `digest send` ~0.4 s of CPU before it did anything.
+NOT_FOR_A_PLAIN_SEND = (
+    "scipy",
+    "sklearn",
+    "numpy.f2py",
+    "dkim",
+    "dns",
+    "cryptography",
+    "imapclient",
+    "flufl.bounce",
+    "schedule",
+    "digest.dkim",
+    "digest.bounces",
+    "digest.mailbox",
+    "digest.reports",
+    "digest.scheduler",
+    "digest.status",
+    "digest.testsend",
+)
+# `digest` itself, noting every module imported by the time it exits.
+RUN_AND_LIST_MODULES = """
+import json, sys
+from digest.cli import main
+try:
+    main()
+finally:
+    with open({out!r}, "w", encoding="utf-8") as handle:
+        json.dump(sorted(sys.modules), handle)
+"""
+
+
+def modules_imported_by(digest: Digest, *args: str) -> set[str]:
+    out = digest.home / "modules.json"
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_AND_LIST_MODULES.format(out=str(out)), *args],
+        env=digest.env(),
+        cwd=digest.home,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(out.read_text(encoding="utf-8")))
+
+
+def test_a_plain_send_imports_only_what_it_uses(digest: Digest) -> None:
+    for args in (["--help"], ["send", "--dry-run"], ["send"]):
+        modules = modules_imported_by(digest, *args)
+        assert {"click", "digest.cli"} <= modules  # what was listed is what ran
+        if args != ["--help"]:
+            assert {"digest.pipeline", "premailer", "arxiv", "sqlite_utils"} <= modules
+        unwanted = {
+            name
+            for name in modules
+            for heavy in NOT_FOR_A_PLAIN_SEND
+            if name == heavy or name.startswith(f"{heavy}.")
+        }
+        assert unwanted == set(), f"digest {' '.join(args)} imported them"
+    assert len(digest.smtp.messages) == 2  # the send sent: its whole path was taken
 
 
 def test_send_delivers_exactly_the_matching_papers_once(digest: Digest) -> None:
