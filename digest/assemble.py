@@ -31,14 +31,14 @@ import logging
 from bisect import bisect_right
 from collections.abc import Iterable
 from dataclasses import replace
-from itertools import accumulate
+from itertools import accumulate, chain
 
 from digest.blocks import _VALUES, Blocks
 from digest.budget import largest
 from digest.feedback_links import ReaderLinks
 from digest.layouts import Layout, Layouts, fill
-from digest.mailer import qp_size, qp_weight
-from digest.models import Digest, RenderedEmail
+from digest.mailer import encoded, join_qp, qp_size, qp_weight
+from digest.models import Digest, EncodedEmail, RenderedEmail
 from digest.piece_links import EmailLinks
 from digest.pieces import _Piece, _Slow
 from digest.render import (
@@ -47,6 +47,7 @@ from digest.render import (
     render_at,
     render_reference,
     strings_of,
+    subject_line,
 )
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Renderer:
         self._verified: set[tuple[object, ...]] = set()
         self.count = 0
         self.assembled = 0  # emails joined from pieces (the rest were rendered in full)
+        self.unjoined = 0  # ...of them by `encode` without joining their text (not checked)
         self.mismatches = 0
         self.budget_trusted = True  # until a sample's choice of papers differs (then: slow)
         self._whole = True  # the last email showed every paper in full
@@ -122,6 +124,7 @@ class Renderer:
             return self._reference(digest, urls, links)
         try:
             email, layout_key = self._assemble(digest, urls, links)
+            assert isinstance(email, RenderedEmail)
         except _Slow:
             return self._reference(digest, urls, links)
         except Exception:  # a bug here must cost speed, never an email
@@ -168,6 +171,34 @@ class Renderer:
         self.assembled += 1
         return email
 
+    def encode(
+        self,
+        digest: Digest,
+        unsubscribe_url: str | None = None,
+        links: ReaderLinks | None = None,
+        *,
+        preferences_url: str | None = None,
+    ) -> EncodedEmail:
+        """`render`'s email as the message carries it (mailer.encoded), made without joining
+        its HTML and text: what the send path needs. The emails `render` checks (each
+        layout's first, every `verify_every`-th) are made by `render`, checks and all."""
+        urls = (unsubscribe_url, preferences_url)
+        if self.budget_trusted and (self.count + 1) % self.verify_every:
+            try:
+                email, layout_key = self._assemble(digest, urls, links, joined=False)
+            except _Slow:
+                pass
+            except Exception:  # a bug here must cost speed, never an email
+                log.exception("encoding the email for %s failed", digest.subscriber.email)
+            else:
+                if layout_key in self._verified:
+                    assert isinstance(email, EncodedEmail)
+                    self.count += 1
+                    self.assembled += 1
+                    self.unjoined += 1
+                    return email
+        return encoded(self.render(digest, unsubscribe_url, links, preferences_url=preferences_url))
+
     def _reference(
         self,
         digest: Digest,
@@ -210,7 +241,10 @@ class Renderer:
         digest: Digest,
         urls: tuple[str | None, str | None],
         links: ReaderLinks | None,
-    ) -> tuple[RenderedEmail, tuple[object, ...]]:
+        joined: bool = True,
+    ) -> tuple[RenderedEmail | EncodedEmail, tuple[object, ...]]:
+        """The email joined from pieces and its layout's key; not `joined`: only as the
+        message carries it (`encode`)."""
         entries = digest.entries
         total = len(entries)
         pieces_of, upvotes, with_links = self.blocks.pieces, digest.upvotes, links is not None
@@ -307,7 +341,7 @@ class Renderer:
 
         full, shown = choose()
         self._whole = full == total  # (the next email most likely fits the same way)
-        layout_key, layout, values = shape(full, shown)
+        key, layout, values = shape(full, shown)
         made(full, fulls, full_sums, False)
         made(shown, compacts, compact_sums, True)
         bounds = list(accumulate(len(s.entries) for s in digest.sections))
@@ -321,15 +355,26 @@ class Renderer:
         compact = list(zip(compacts[full:shown], ids[full:shown], strict=True))
         if mine is not None:
             mine.make(ids[:shown])
+        if not joined:  # only as the message carries it
+            _, html_qp = fill(layout.html, values, slots, compact, mine, html=True, strings=False)
+            _, text_qp = fill(layout.text, values, slots, compact, mine, html=False, strings=False)
+            # A CR in a piece's text or a value: the part is encoded whole instead, as the
+            # email package would (`render`'s way; the HTML holds none).
+            shown_pieces = chain(compact, *slots)
+            if any(p.cr for p, _ in shown_pieces) or any("\r" in v for v in values.values()):
+                raise _Slow
+            html_body, text_body = join_qp(html_qp), join_qp(text_qp)
+            subject, deferred = subject_line(digest), digest.paper_ids[shown:]
+            return EncodedEmail(subject, html_body, text_body, ids[:shown], full, deferred), key
         html, html_qp = fill(layout.html, values, slots, compact, mine, html=True)
         text, text_qp = fill(layout.text, values, slots, compact, mine, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)
         parts = {"html_parts": tuple(html), "text_parts": tuple(text)}
-        encoded = {  # (a part holding a CR is encoded whole instead, as the email package would)
+        codes = {  # (a part holding a CR is encoded whole instead, as the email package would)
             "html_qp": () if "\r" in email.html else tuple(html_qp),
             "text_qp": () if "\r" in email.text else tuple(text_qp),
         }
-        return replace(email, **parts, **encoded), layout_key
+        return replace(email, **parts, **codes), key
 
     def _shape(
         self,

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING
 from digest import feedback_links
 from digest.assemble import Renderer
 from digest.config import Settings
-from digest.mailer import message_bytes, new_message_id
-from digest.models import Digest, RenderedEmail, Subscriber
+from digest.mailer import bodies, message_bytes, new_message_id
+from digest.models import Digest, EncodedEmail, Subscriber
 from digest.outbox import NewEmail
 from digest.report import Outcome, Timings
 from digest.tokens import preferences_url, unsubscribe_url
@@ -53,7 +53,7 @@ class Built:
     """One email, ready to go."""
 
     person: Subscriber
-    rendered: RenderedEmail
+    rendered: EncodedEmail  # its bodies as the message carries them
     message_id: str
     data: bytes
 
@@ -101,7 +101,7 @@ class Builder:
             self.settings.public_url, self.settings.secret, person.key
         )
         try:
-            rendered = self.renderer.render(
+            rendered = self.renderer.encode(
                 digest, link, links, preferences_url=preferences_url(self.settings, person)
             )
         except Exception as exc:  # a template or data bug must skip one subscriber, not the run
@@ -144,8 +144,9 @@ class Previews:
     def take(self, built: Built, new: NewEmail | None = None, resumed: bool = False) -> None:
         self.out.mkdir(parents=True, exist_ok=True)
         stem = built.person.email.replace("/", "_").replace("\\", "_")
-        (self.out / f"{stem}.html").write_text(built.rendered.html, encoding="utf-8")
-        (self.out / f"{stem}.txt").write_text(built.rendered.text, encoding="utf-8")
+        html, text = bodies(built.data)
+        (self.out / f"{stem}.html").write_text(html, encoding="utf-8")
+        (self.out / f"{stem}.txt").write_text(text, encoding="utf-8")
         eml = self.signer.sign(built.data) if self.signer else built.data
         (self.out / f"{stem}.eml").write_bytes(eml)
         self.emit(Outcome(built.person.email, "previewed", built.papers, len(built.data)))

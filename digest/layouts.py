@@ -154,32 +154,32 @@ def fill(
     links: EmailLinks | None,
     *,
     html: bool,
+    strings: bool = True,
 ) -> tuple[list[str], list[bytes]]:
     """The parts of one email's HTML or text, in order (literals, values, pieces with the
     reader's links), and each part as quoted-printable (a piece's encoding is made once and
-    kept with it)."""
+    kept with it); not `strings`: only the encodings (the parts come back empty)."""
     out: list[str] = []
     encoded: list[bytes] = []
+    into = out if strings else None
     section = 0
     for kind, name, encoder in parts:
-        if kind == "lit":
+        if kind == "lit" or kind == "val":
+            if kind == "val":
+                assert encoder is not None
+                name = encoder(values[name])
             if name:
-                out.append(name)
+                if into is not None:
+                    into.append(name)
                 encoded.append(qp_part_cached(name))
-        elif kind == "val":
-            assert encoder is not None
-            value = encoder(values[name])
-            if value:
-                out.append(value)
-                encoded.append(qp_part_cached(value))
         else:
             shown = compact if kind == "C" else slots[section]
             section += kind == "P"
             if links is None:
                 for piece, _ in shown:
-                    piece.write(html, out, encoded)
+                    piece.write(html, into, encoded)
             else:
                 pair = links.pair
                 for piece, paper_id in shown:
-                    piece.write(html, out, encoded, pair(paper_id, html))
+                    piece.write(html, into, encoded, pair(paper_id, html))
     return out, encoded

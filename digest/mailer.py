@@ -9,12 +9,13 @@ import random
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 from functools import lru_cache
 
-from digest.models import RenderedEmail
+from digest.models import EncodedEmail, RenderedEmail
 
 
 def header_value(value: str) -> str:
@@ -222,8 +223,33 @@ def quoted_printable_parts(parts: Sequence[str]) -> bytes:
     return join_qp(qp_part_cached(part) for part in parts if part)
 
 
+def encoded(rendered: RenderedEmail) -> EncodedEmail:
+    """The email with its bodies as `message_bytes` writes them."""
+    return EncodedEmail(
+        subject=rendered.subject,
+        html_body=_body(rendered.html, rendered.html_parts, rendered.html_qp),
+        text_body=_body(rendered.text, rendered.text_parts, rendered.text_qp),
+        paper_ids=rendered.paper_ids,
+        full_entries=rendered.full_entries,
+        deferred=rendered.deferred,
+    )
+
+
+def bodies(data: bytes) -> tuple[str, str]:
+    """The HTML and the text of a message `message_bytes` wrote, as a mail program decodes
+    them (the email package; lines end in newlines)."""
+    message = message_from_bytes(data, policy=SMTP)
+    html, text = message.get_body(("html",)), message.get_body(("plain",))
+    if html is None or text is None:
+        raise ValueError("not a message of ours: no text/html and text/plain parts")
+    return (
+        html.get_content().replace("\r\n", "\n"),  # type: ignore[attr-defined]
+        text.get_content().replace("\r\n", "\n"),  # type: ignore[attr-defined]
+    )
+
+
 def message_bytes(
-    rendered: RenderedEmail,
+    rendered: RenderedEmail | EncodedEmail,
     *,
     sender: str,
     to: str,
@@ -234,12 +260,13 @@ def message_bytes(
     """The email `build_message` builds, written directly as bytes with CRLF line endings: the
     same headers in the same order, multipart/alternative with text/plain then text/html, both
     utf-8 quoted-printable. Much faster than the email package for the bodies (C encoder)."""
+    email = rendered if isinstance(rendered, EncodedEmail) else encoded(rendered)
     address = sender_address(sender)
     mailto = f"<mailto:{address}?subject=unsubscribe>"
     head = [
         _folded_by_email_package("From", header_value(sender)),
         _header("To", header_value(to), address=True),
-        _header("Subject", header_value(rendered.subject)),
+        _header("Subject", header_value(email.subject)),
         _header("Date", _date(when)),
         _header("Message-ID", header_value(message_id)),
         _header("List-Id", f"arXiv digest <digest.{sender_domain(sender)}>"),
@@ -262,10 +289,10 @@ def message_bytes(
             *head,
             b"--" + boundary + b"\r\n",
             part % b"plain",
-            _body(rendered.text, rendered.text_parts, rendered.text_qp),
+            email.text_body,
             b"\r\n--" + boundary + b"\r\n",
             part % b"html",
-            _body(rendered.html, rendered.html_parts, rendered.html_qp),
+            email.html_body,
             b"\r\n--" + boundary + b"--\r\n",
         ]
     )

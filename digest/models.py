@@ -167,3 +167,18 @@ class RenderedEmail:
     # ...and those parts already quoted-printable (mailer.qp_part), when the renderer has them.
     html_qp: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
     text_qp: tuple[bytes, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class EncodedEmail:
+    """An email as the message carries it: what the send path needs of a `RenderedEmail`,
+    its HTML and text already quoted-printable (CRLF lines, as mailer.message_bytes writes
+    them), never joined as text. Made by `Renderer.encode`, or from a RenderedEmail by
+    `mailer.encoded`."""
+
+    subject: str
+    html_body: bytes
+    text_body: bytes
+    paper_ids: tuple[str, ...]
+    full_entries: int = 0
+    deferred: tuple[str, ...] = field(default=())

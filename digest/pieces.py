@@ -199,13 +199,18 @@ class _Piece:
     text_texts: tuple[str, ...]
     text_codes: tuple[bytes, ...]
     html_size: int
+    cr: bool = False  # a CR in its text form (the HTML serializer writes none): Renderer.encode
 
     def write(
-        self, html: bool, out: list[str], encoded: list[bytes], links: Links | None = None
+        self,
+        html: bool,
+        out: list[str] | None,
+        encoded: list[bytes],
+        links: Links | None = None,
     ) -> None:
-        """Append this block's HTML (else text) form to `out` and its quoted-printable
-        encoding to `encoded`, with `links` ("More like this", "Not for me") in its link
-        holes."""
+        """Append this block's HTML (else text) form to `out` (unless None: only the encoding
+        is wanted) and its quoted-printable encoding to `encoded`, with `links` ("More like
+        this", "Not for me") in its link holes."""
         if html:
             cut, fills, codes = self.html_cut, self.html_texts, self.html_codes
         else:
@@ -213,7 +218,8 @@ class _Piece:
         texts, link_codes = links or _NO_LINKS
         if len(texts) != 2 * (len(cut.holes) - cut.fills):
             raise _Slow  # links for a block without them, or none for one with them
-        out += cut.order(cut.strings + fills + texts)
+        if out is not None:
+            out += cut.order(cut.strings + fills + texts)
         encoded += cut.order(cut.codes + codes + link_codes)
 
 
@@ -237,4 +243,5 @@ def make_piece(
         text_texts,
         text_codes,
         html_cut.weight + sum(weights),
+        any("\r" in text for text in (*text_cut.strings, *text_texts)),
     )

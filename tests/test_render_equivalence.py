@@ -5,6 +5,7 @@ hostile ones; and it really is the pieces that made the email, not a silent fall
 
 from __future__ import annotations
 
+import binascii
 import random
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,13 +19,15 @@ from digest import feedback_links
 from digest.assemble import Renderer
 from digest.budget import fit, fit_holds, largest
 from digest.feedback_links import ReaderLinks
-from digest.mailer import qp_part, qp_weight
+from digest.mailer import encoded, qp_part, qp_weight
 from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
 from digest.models import (
     RECOMMENDED_SECTION,
     Digest,
+    EncodedEmail,
     Entry,
     Paper,
+    RenderedEmail,
     Section,
     Subscriber,
     TrendingPaper,
@@ -165,17 +168,32 @@ def _check(
     unsubscribe: bool = True,
     renderer: Renderer | None = None,
 ) -> Renderer:
+    fresh = renderer is None  # (a given one may have its own reasons to take the slow path)
     renderer = renderer or Renderer(sender=SENDER, budget=budget, verify_every=10**9)
+    encoder = Renderer(sender=SENDER, budget=budget, verify_every=10**9)  # the send path's way
+    with_cr = 0
     for n, digest in enumerate(digests):
         url = f"https://digest.example.org/u/tok{n}?a=1&b=é é" if unsubscribe and n % 2 else None
         prefs = f"https://digest.example.org/p/{n}?q=\"x\"&r='y'" if url and n % 3 else None
         expected = render_reference(
             digest, sender=SENDER, budget=budget, unsubscribe_url=url, preferences_url=prefs
         )
+        joined = renderer.assembled
         got = renderer.render(digest, url, preferences_url=prefs)
         assert got.html == expected.html, f"HTML of email {n} differs"
         assert got.text == expected.text, f"text of email {n} differs"
         assert got == expected
+        # ...and as the message carries it, never joined as text: the bodies the mailer
+        # makes of the joined email's parts, byte for byte (when `renderer` joined it; else
+        # the same text: the whole text's lines break at other places).
+        made = encoder.encode(digest, url, preferences_url=prefs)
+        assert made == encoded(got) if renderer.assembled > joined else _text(made) == _text(got)
+        with_cr += "\r" in got.html + got.text
+    if fresh:
+        assert encoder.assembled == renderer.assembled  # the same emails from pieces, and
+        # all but each layout's first (checked the slow way) and those holding a CR without
+        # their text joined at all
+        assert encoder.unjoined >= len(digests) - len(encoder._verified) - with_cr > 0
     return renderer
 
 
@@ -385,11 +403,21 @@ def _recommended(digests: list[Digest], papers: list[Paper], hostile: bool = Fal
     return out
 
 
+def _text(email: EncodedEmail | RenderedEmail) -> tuple[str, str]:
+    """The HTML and text of an email as a mail program decodes its bodies."""
+    bodies = email if isinstance(email, EncodedEmail) else encoded(email)
+    return tuple(  # type: ignore[return-value]
+        binascii.a2b_qp(body).decode().replace("\r\n", "\n")
+        for body in (bodies.html_body, bodies.text_body)
+    )
+
+
 def _check_links(
     digests: list[Digest], budget: int, public: str, renderer: Renderer | None = None
 ) -> Renderer:
     renderer = renderer or Renderer(sender=SENDER, budget=budget, verify_every=10**9)
     renderer.prepare(digests, links=True)
+    encoder = Renderer(sender=SENDER, budget=budget, verify_every=10**9)  # the send path's way
     for n, digest in enumerate(digests):
         links = ReaderLinks.make(public, "s3cret", digest.subscriber.key)
         url = f"{public}/unsubscribe/tok{n}"
@@ -400,6 +428,7 @@ def _check_links(
         assert got.html == expected.html, f"HTML of email {n} differs"
         assert got.text == expected.text, f"text of email {n} differs"
         assert got == expected
+        assert encoder.encode(digest, url, links) == encoded(got), n
         for pid in got.paper_ids:  # every paper shown carries the reader's two links
             more, less = links.urls(pid)
             assert got.text.count(more) == got.text.count(less) == 1
