@@ -14,7 +14,9 @@ and every email is joined from finished pieces. The parts: digest/blocks.py fini
 blocks (their strings: digest/pieces.py), digest/layouts.py the layouts and the joining,
 digest/budget.py the choice of how many papers fit, digest/piece_links.py the reader's links;
 here, the email of one digest and the safety nets. The number of trips depends on the papers and
-layouts, never on the subscribers or how their keywords combine (`Renderer.trips`).
+layouts, never on the subscribers or how their keywords combine (`Renderer.trips`). The send
+path asks `Renderer.encode`: the same email as the message carries it, only the pieces'
+quoted-printable parts joined (never the HTML and text themselves).
 
 Safety nets: the first email of each layout, and every `verify_every`-th email, is also
 rendered the reference way at the same choice of papers and compared byte for byte; a

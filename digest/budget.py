@@ -1,9 +1,10 @@
 """How many papers an email shows, in full and at all, under the HTML budget (DIGEST_HTML_BUDGET).
 
 `fit` searches the choices by their size (the reference rendering measures whole renderings,
-digest/render.py; the fast path sums finished pieces, digest/assemble.py), `fit_holds` checks a
-choice at its edges (the sampled emails' safety net). Both assume what is true of the emails:
-showing more papers, or more of them in full, never makes the HTML smaller.
+digest/render.py; the fast path, digest/assemble.py, finds the same answer by growing its sums
+of finished pieces until over the budget, then `largest` below), `fit_holds` checks a choice at
+its edges (the sampled emails' safety net). All assume what is true of the emails: showing more
+papers, or more of them in full, never makes the HTML smaller.
 """
 
 from __future__ import annotations
