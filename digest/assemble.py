@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from itertools import accumulate, chain
 
-from digest.blocks import _VALUES, Blocks
+from digest.blocks import Blocks
 from digest.budget import largest
 from digest.feedback_links import ReaderLinks
 from digest.layouts import Layout, Layouts, fill
@@ -276,7 +276,9 @@ class Renderer:
             if (full, shown) not in cache:
                 if shown not in strings:
                     strings[shown] = strings_at(shown)
-                cache[full, shown] = self._shape(digest, full, shown, strings[shown], urls, links)
+                cache[full, shown] = self.layouts.shape(
+                    digest, full, shown, strings[shown], urls, links
+                )
             return cache[full, shown]
 
         weights: dict[tuple[object, str], int] = {}  # of the values as written, by encoder
@@ -377,42 +379,3 @@ class Renderer:
             "text_qp": () if "\r" in email.text else tuple(text_qp),
         }
         return replace(email, **parts, **codes), key
-
-    def _shape(
-        self,
-        digest: Digest,
-        full: int,
-        shown: int,
-        strings: dict[str, str],
-        urls: tuple[str | None, str | None],
-        links: ReaderLinks | None = None,
-    ) -> tuple[tuple[object, ...], Layout, dict[str, str]]:
-        """The layout and values of the email showing the first `shown` entries, the first
-        `full` of them in full (`strings`: `render._strings` for `shown`)."""
-        values = {name: strings[name] for name in _VALUES}
-        start = sections = 0
-        for section in digest.sections:
-            in_full = min(len(section.entries), max(0, full - start))
-            start += len(section.entries)
-            if in_full:
-                values[f"k{sections}"], values[f"n{sections}"] = section.keyword, str(in_full)
-                sections += 1
-        unsubscribe_url, preferences_url = urls
-        if unsubscribe_url is not None:
-            values["unsubscribe"] = unsubscribe_url
-        if preferences_url is not None:
-            values["preferences"] = preferences_url
-        if links is not None:
-            values["likes"] = links.likes
-        if any(self.blocks.mark in value for value in values.values()):
-            raise _Slow
-        layout_key = (
-            sections,
-            shown > full,
-            bool(strings["deferred_line"]),
-            unsubscribe_url is not None,
-            preferences_url is not None,
-            digest.trending,
-            links is not None,
-        )
-        return layout_key, self.layouts.get(layout_key), values

@@ -1,7 +1,7 @@
 """An email's layout, made once per shape, and filled per email with its values and pieces.
 
 A layout is the whole template rendered once (through MJML and premailer: `Blocks.trip`) for
-one shape of email (`Renderer._shape`'s key: how many sections, compact list or not, deferred
+one shape of email (`Layouts.shape`'s key: how many sections, compact list or not, deferred
 line, unsubscribe/preferences/likes links, trending section), with marks where a subscriber's
 own text goes and a slot mark for each section's papers and the compact list; then cut at the
 marks into literal parts and named holes. `fill` joins one email's HTML or text from a layout,
@@ -19,7 +19,9 @@ from functools import partial
 from markupsafe import Markup
 
 from digest.blocks import _SENTINEL, _VALUES, Blocks, _compact_text, _paper_text
+from digest.feedback_links import ReaderLinks
 from digest.mailer import qp_part_cached, qp_weight
+from digest.models import Digest
 from digest.piece_links import EmailLinks
 from digest.pieces import (
     _ITEM_END,
@@ -72,6 +74,46 @@ class Layouts:
     def forget(self, key: tuple[object, ...]) -> None:
         """Emails of this layout take the reference path from now on."""
         self.made[key] = None
+
+    def shape(
+        self,
+        digest: Digest,
+        full: int,
+        shown: int,
+        strings: dict[str, str],
+        urls: tuple[str | None, str | None],
+        links: ReaderLinks | None = None,
+    ) -> tuple[tuple[object, ...], Layout, dict[str, str]]:
+        """The layout key, layout and values of the email showing the first `shown` entries,
+        the first `full` of them in full (`strings`: `render.strings_of`'s for `shown`; `urls`:
+        its unsubscribe and preferences links; `links`: the reader's feedback links)."""
+        values = {name: strings[name] for name in _VALUES}
+        start = sections = 0
+        for section in digest.sections:
+            in_full = min(len(section.entries), max(0, full - start))
+            start += len(section.entries)
+            if in_full:
+                values[f"k{sections}"], values[f"n{sections}"] = section.keyword, str(in_full)
+                sections += 1
+        unsubscribe_url, preferences_url = urls
+        if unsubscribe_url is not None:
+            values["unsubscribe"] = unsubscribe_url
+        if preferences_url is not None:
+            values["preferences"] = preferences_url
+        if links is not None:
+            values["likes"] = links.likes
+        if any(self.blocks.mark in value for value in values.values()):
+            raise _Slow
+        layout_key = (
+            sections,
+            shown > full,
+            bool(strings["deferred_line"]),
+            unsubscribe_url is not None,
+            preferences_url is not None,
+            digest.trending,
+            links is not None,
+        )
+        return layout_key, self.get(layout_key), values
 
     def _make(self, key: tuple[object, ...]) -> Layout:
         sections, compact, deferred, unsubscribe, preferences, trending, likes = key
