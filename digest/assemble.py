@@ -49,7 +49,6 @@ from digest.render import (
     render_at,
     render_reference,
     strings_of,
-    subject_line,
 )
 
 log = logging.getLogger(__name__)
@@ -368,8 +367,8 @@ class Renderer:
             if any(p.cr for p, _ in shown_pieces) or any("\r" in v for v in values.values()):
                 raise _Slow
             html_body, text_body = join_qp(html_qp), join_qp(text_qp)
-            subject, deferred = subject_line(digest), digest.paper_ids[shown:]
-            return EncodedEmail(subject, html_body, text_body, ids[:shown], full, deferred), key
+            subject = values["subject"]  # (render.strings_of's subject_line, made once)
+            return EncodedEmail(subject, html_body, text_body, ids[:shown], full, ids[shown:]), key
         html, html_qp = fill(layout.html, values, slots, compact, mine, html=True)
         text, text_qp = fill(layout.text, values, slots, compact, mine, html=False)
         email = _email(digest, "".join(html), "".join(text), full, shown)
