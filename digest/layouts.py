@@ -217,7 +217,15 @@ def fill(
         else:
             shown = compact if kind == "C" else slots[section]
             section += kind == "P"
-            if links is None:
+            if into is None:  # only the encodings: from each piece's joined encoding
+                if links is None:
+                    for piece, _ in shown:
+                        piece.encode(html, encoded)
+                else:
+                    pair = links.pair
+                    for piece, paper_id in shown:
+                        piece.encode(html, encoded, pair(paper_id, html))
+            elif links is None:
                 for piece, _ in shown:
                     piece.write(html, into, encoded)
             else:

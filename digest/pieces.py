@@ -200,6 +200,11 @@ class _Piece:
     text_codes: tuple[bytes, ...]
     html_size: int
     cr: bool = False  # a CR in its text form (the HTML serializer writes none): Renderer.encode
+    # Each form's encoding with its literals and fills joined once, cut only at the links:
+    # (before, between, after) the two links, or (all,) without links; None: another shape
+    # (then `write`'s way). What `encode` writes.
+    html_wire: tuple[bytes, ...] | None = None
+    text_wire: tuple[bytes, ...] | None = None
 
     def write(
         self,
@@ -221,6 +226,46 @@ class _Piece:
         if out is not None:
             out += cut.order(cut.strings + fills + texts)
         encoded += cut.order(cut.codes + codes + link_codes)
+
+    def encode(self, html: bool, encoded: list[bytes], links: Links | None = None) -> None:
+        """`write(html, None, encoded, links)`, from the form's joined encoding."""
+        wire = self.html_wire if html else self.text_wire
+        if wire is None:
+            self.write(html, None, encoded, links)
+        elif len(wire) == 3 and links and links[0]:
+            codes = links[1]
+            encoded += (wire[0], codes[0], codes[1], wire[1], codes[2], codes[3], wire[2])
+        elif len(wire) == 1 and not (links and links[0]):
+            encoded.append(wire[0])
+        else:
+            raise _Slow  # links for a block without them, or none for one with them
+
+
+_LINKS_AT = (object(), object(), object(), object())  # where a form's link parts go
+
+
+def _wire(cut: _Cut, codes: tuple[bytes, ...]) -> tuple[bytes, ...] | None:
+    """A form's encoding joined between its links (`_Piece.html_wire`)."""
+    links = 2 * (len(cut.holes) - cut.fills)
+    if links not in (0, 4):
+        return None
+    runs: list[bytes] = []
+    parts: list[bytes] = []
+    seen = 0
+    for part in cut.order(cut.codes + codes + _LINKS_AT[:links]):  # type: ignore[operator]
+        if isinstance(part, bytes):
+            if seen % 2:
+                return None  # a link's two parts apart
+            parts.append(part)
+            continue
+        if part is not _LINKS_AT[seen]:
+            return None
+        if seen % 2 == 0:
+            runs.append(b"".join(parts))
+            parts = []
+        seen += 1
+    runs.append(b"".join(parts))
+    return tuple(runs)
 
 
 def make_piece(
@@ -244,4 +289,6 @@ def make_piece(
         text_codes,
         html_cut.weight + sum(weights),
         any("\r" in text for text in (*text_cut.strings, *text_texts)),
+        _wire(html_cut, html_codes),
+        _wire(text_cut, text_codes),
     )
