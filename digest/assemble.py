@@ -356,8 +356,8 @@ class Renderer:
                 slots.append(in_full[start : min(end, full)])
             start = end
         compact = list(zip(compacts[full:shown], ids[full:shown], strict=True))
-        if mine is not None:
-            mine.make(ids[:shown])
+        if mine is not None:  # (their encodings alone, for the message)
+            (mine.make if joined else mine.make_codes)(ids[:shown])
         if not joined:  # only as the message carries it
             _, html_qp = fill(layout.html, values, slots, compact, mine, html=True, strings=False)
             _, text_qp = fill(layout.text, values, slots, compact, mine, html=False, strings=False)

@@ -222,9 +222,9 @@ def fill(
                     for piece, _ in shown:
                         piece.encode(html, encoded)
                 else:
-                    pair = links.pair
+                    codes = links.codes
                     for piece, paper_id in shown:
-                        piece.encode(html, encoded, pair(paper_id, html))
+                        piece.encode(html, encoded, codes(paper_id, html))
             elif links is None:
                 for piece, _ in shown:
                     piece.write(html, into, encoded)

@@ -15,13 +15,14 @@ serializer writes an `<a href>` value, with its quotes (`_href`).
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Sequence
 from functools import lru_cache
 
 from digest.feedback_links import MAC_CHARS, ReaderLinks
 from digest.mailer import MAX_QP_LINE, qp_weight
-from digest.pieces import PLAIN_URL, Links, _html_attr, _Part, _part
+from digest.pieces import PLAIN_URL, LinkCodes, Links, _html_attr, _Part, _part
 
 _SHORT = re.compile(r'[A-Za-z0-9._~!:/?#%+,;@*()-]*"?')  # quoted-printable as they are
 _PLAIN_ID = re.compile(r"[A-Za-z0-9._~!:?#%+,;@*()-]{1,40}")  # ids whose tails are `_SHORT`
@@ -52,6 +53,7 @@ class EmailLinks:
         if self.plain:  # the shared start, finished once
             self.html_start, self.text_start = _part(f'"{start}'), _part(start)
         self._made: dict[str, tuple[Links, Links]] = {}
+        self._codes: dict[str, tuple[LinkCodes, LinkCodes]] = {}  # what `codes` gives
         self._mac = links.mac()
 
     def weight(self, paper_id: str) -> int:
@@ -111,10 +113,59 @@ class EmailLinks:
                     _whole(more_url, less_url),
                 )
 
+    def codes(self, paper_id: str, html: bool) -> LinkCodes:
+        """`pair(paper_id, html)`'s encodings alone: what the send path writes."""
+        found = self._codes.get(paper_id)
+        if found is None:
+            self.make_codes((paper_id,))
+            found = self._codes[paper_id]
+        return found[not html]
+
+    def make_codes(self, paper_ids: Sequence[str]) -> None:
+        """`make`, for `codes` (the links' encodings, not their text): a paper's tails as
+        bytes, each link's end encoded as `_short` would (the same bytes, checked in
+        tests/test_render_equivalence.py), without the text and its four encodings."""
+        known = self._codes
+        todo = [paper_id for paper_id in dict.fromkeys(paper_ids) if paper_id not in known]
+        plain = [paper_id for paper_id in todo if _short_id(paper_id)] if self.plain else []
+        if plain:
+            html, text = self.html_start[1], self.text_start[1]
+            copy = self._mac.copy
+            macs = []
+            for paper_id in plain:
+                mac = copy()
+                mac.update(paper_id.encode())
+                macs.append(mac.digest())
+            both = base64.urlsafe_b64encode(b"".join(macs))  # as ReaderLinks.tails_many
+            for at, paper_id in zip(range(0, len(both), 2 * MAC_CHARS), plain, strict=True):
+                start_more, start_less = _tail_starts(paper_id)
+                more = start_more + both[at : at + MAC_CHARS]
+                less = start_less + both[at + MAC_CHARS : at + 2 * MAC_CHARS]
+                known[paper_id] = (
+                    (html, more + _QUOTE_END, html, less + _QUOTE_END),
+                    (text, more + _END, text, less + _END),
+                )
+        rest = [paper_id for paper_id in todo if paper_id not in known]
+        if rest:
+            self.make(rest)
+            for paper_id in rest:
+                (_, html_codes), (_, text_codes) = self._made[paper_id]
+                known[paper_id] = (html_codes, text_codes)
+
     def _make(self, paper_id: str) -> tuple[Links, Links]:
         """(HTML, text) links of one paper."""
         self.make((paper_id,))
         return self._made[paper_id]
+
+
+_END, _QUOTE_END = b"=\r\n", b'"=\r\n'  # a `_short` part's soft line break; with the quote
+
+
+@lru_cache(maxsize=65536)
+def _tail_starts(paper_id: str) -> tuple[bytes, bytes]:
+    """The start of the paper's two tails, "m~<id>~" and "n~<id>~", as bytes."""
+    shown = paper_id.replace("/", "!").encode()
+    return b"m~" + shown + b"~", b"n~" + shown + b"~"
 
 
 @lru_cache(maxsize=65536)

@@ -180,6 +180,7 @@ class _Skeleton:
 
 # A paper's two links as a piece writes them: (more start, more end, less start, less end),
 # and the same four encoded.
+LinkCodes = tuple[bytes, ...]  # the four encoded (none: a block without links)
 Links = tuple[tuple[str, str, str, str], tuple[bytes, bytes, bytes, bytes]]
 _NO_LINKS: Links = ((), ())  # type: ignore[assignment]
 
@@ -221,21 +222,21 @@ class _Piece:
         else:
             cut, fills, codes = self.text_cut, self.text_texts, self.text_codes
         texts, link_codes = links or _NO_LINKS
-        if len(texts) != 2 * (len(cut.holes) - cut.fills):
+        if len(link_codes) != 2 * (len(cut.holes) - cut.fills):
             raise _Slow  # links for a block without them, or none for one with them
         if out is not None:
             out += cut.order(cut.strings + fills + texts)
         encoded += cut.order(cut.codes + codes + link_codes)
 
-    def encode(self, html: bool, encoded: list[bytes], links: Links | None = None) -> None:
-        """`write(html, None, encoded, links)`, from the form's joined encoding."""
+    def encode(self, html: bool, encoded: list[bytes], links: LinkCodes = ()) -> None:
+        """`write(html, None, encoded, ...)` with these encoded `links` (`EmailLinks.codes`),
+        from the form's joined encoding."""
         wire = self.html_wire if html else self.text_wire
         if wire is None:
-            self.write(html, None, encoded, links)
-        elif len(wire) == 3 and links and links[0]:
-            codes = links[1]
-            encoded += (wire[0], codes[0], codes[1], wire[1], codes[2], codes[3], wire[2])
-        elif len(wire) == 1 and not (links and links[0]):
+            self.write(html, None, encoded, ((), links))  # type: ignore[arg-type]
+        elif len(wire) == 3 and len(links) == 4:
+            encoded += (wire[0], links[0], links[1], wire[1], links[2], links[3], wire[2])
+        elif len(wire) == 1 and not links:
             encoded.append(wire[0])
         else:
             raise _Slow  # links for a block without them, or none for one with them

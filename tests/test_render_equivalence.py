@@ -503,6 +503,24 @@ def test_the_budget_counts_a_papers_links_as_they_are_written() -> None:
             assert mine.weight(paper_id) == written, (public_url, paper_id)
 
 
+def test_the_send_paths_link_encodings_are_the_links_encoded() -> None:
+    """`EmailLinks.codes` (the links' encodings alone, made from bytes) is exactly what `pair`
+    encodes, whether asked one paper at a time or for an email's papers at once, for plain and
+    unusual ids and public URLs."""
+    ids = ["2401.00001", "hep-th/9901001", "math.AG/0101001", "2401.00001v2", "a=b", "x" * 60]
+    ids += ["From.1", ".x", "é1", 'a"b']
+    for public_url in ("https://d.example.org", "https://dígest.example.org/a&b/"):
+        for key in ("a@b.org", "Ünïcode <x@y.org>"):
+            links = ReaderLinks.make(public_url, "s3cret-0123456789abcdef", key)
+            expected, at_once, alone = EmailLinks(links), EmailLinks(links), EmailLinks(links)
+            at_once.make_codes(ids)
+            for paper_id in ids:
+                for html in (True, False):
+                    want = expected.pair(paper_id, html)[1]
+                    assert at_once.codes(paper_id, html) == want, (public_url, paper_id)
+                    assert alone.codes(paper_id, html) == want, (public_url, paper_id)
+
+
 def test_an_emails_links_made_at_once_are_each_papers_own() -> None:
     """`tails_many` (the MACs of an email's papers encoded in one call) gives each paper the
     tails its own MAC gives, and `read` takes every link back to its reader, paper and kind."""
