@@ -44,6 +44,7 @@ _PAYLOADS = URLSafeSerializer(b"unused")  # for its dump_payload: neither secret
 
 
 @lru_cache(maxsize=1024)
+@lru_cache(maxsize=64)  # an email's four tokens are made one after another
 def payload(subscriber_key: str) -> bytes:
     """The part of a token before the signature, the same for every secret and salt:
     itsdangerous's own `dump_payload` (compact JSON, zlib-compressed where that is shorter,
