@@ -128,6 +128,9 @@ class _Cut:
     fills: int
     order: Callable[[tuple[Any, ...]], tuple[Any, ...]]
     filled: tuple[str, ...] = ()  # the holes that are not links, in order
+    # What `_wire` joins: pickers of the parts (from literals + fills) before, between and
+    # after the two links (M, then L), or of all without links; None: another shape.
+    runs: tuple[Callable[[tuple[Any, ...]], tuple[Any, ...]], ...] | None = None
 
 
 def _picker(indices: list[int]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
@@ -143,17 +146,22 @@ def _cut_at_holes(items: tuple[_Part | str, ...]) -> _Cut:
     fills = sum(1 for hole in holes if hole not in LINK_NAMES)
     links_at = len(literals) + fills  # where the four link strings are in what `order` picks from
     indices: list[int] = []
+    runs: list[list[int]] = [[]]  # indices of the parts between the links (`_wire`)
     literal = fill = 0
     for item in items:
         if isinstance(item, tuple):
             indices.append(literal)
+            runs[-1].append(literal)
             literal += 1
         elif item in LINK_NAMES:
             first = links_at + 2 * LINK_NAMES.index(item)
             indices += (first, first + 1)
+            runs.append([])
         else:
             indices.append(len(literals) + fill)
+            runs[-1].append(len(literals) + fill)
             fill += 1
+    links = [hole for hole in holes if hole in LINK_NAMES]
     return _Cut(
         tuple(p[0] for p in literals),
         tuple(p[1] for p in literals),
@@ -162,6 +170,7 @@ def _cut_at_holes(items: tuple[_Part | str, ...]) -> _Cut:
         fills,
         _picker(indices),
         tuple(hole for hole in holes if hole not in LINK_NAMES),
+        tuple(_picker(run) for run in runs) if links in ([], list(LINK_NAMES)) else None,
     )
 
 
@@ -242,31 +251,12 @@ class _Piece:
             raise _Slow  # links for a block without them, or none for one with them
 
 
-_LINKS_AT = (object(), object(), object(), object())  # where a form's link parts go
-
-
 def _wire(cut: _Cut, codes: tuple[bytes, ...]) -> tuple[bytes, ...] | None:
     """A form's encoding joined between its links (`_Piece.html_wire`)."""
-    links = 2 * (len(cut.holes) - cut.fills)
-    if links not in (0, 4):
+    if cut.runs is None:
         return None
-    runs: list[bytes] = []
-    parts: list[bytes] = []
-    seen = 0
-    for part in cut.order(cut.codes + codes + _LINKS_AT[:links]):  # type: ignore[operator]
-        if isinstance(part, bytes):
-            if seen % 2:
-                return None  # a link's two parts apart
-            parts.append(part)
-            continue
-        if part is not _LINKS_AT[seen]:
-            return None
-        if seen % 2 == 0:
-            runs.append(b"".join(parts))
-            parts = []
-        seen += 1
-    runs.append(b"".join(parts))
-    return tuple(runs)
+    parts = cut.codes + codes
+    return tuple(b"".join(run(parts)) for run in cut.runs)
 
 
 def make_piece(
