@@ -600,6 +600,19 @@ class _SmtpHandler:
     def __init__(self, standin: SmtpStandin) -> None:
         self.s = standin
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.s.pipelining:  # as Postfix and most servers offer it (aiosmtpd takes it)
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -647,8 +660,9 @@ class SmtpStandin:
 
     ``reject_rcpt`` / ``reject_data`` map addresses (case-insensitive) to ``(code, text)`` replies
     for RCPT / end of DATA. With ``auth=(user, password)`` MAIL needs AUTH PLAIN or LOGIN (no TLS)
-    with exactly those; without it AUTH is optional and anything goes. All of these may be changed
-    while the server runs; ``messages`` lists what was accepted."""
+    with exactly those; without it AUTH is optional and anything goes. It offers PIPELINING
+    unless ``pipelining=False``. All of these may be changed while the server runs; ``messages``
+    lists what was accepted."""
 
     def __init__(
         self,
@@ -656,9 +670,11 @@ class SmtpStandin:
         reject_rcpt: Mapping[str, tuple[int, str]] | None = None,
         reject_data: Mapping[str, tuple[int, str]] | None = None,
         host: str = "127.0.0.1",
+        pipelining: bool = True,
     ) -> None:
         self.host, self.port = host, free_port(host)
         self.auth = auth
+        self.pipelining = pipelining
         self.reject_rcpt: dict[str, tuple[int, str]] = dict(reject_rcpt or {})
         self.reject_data: dict[str, tuple[int, str]] = dict(reject_data or {})
         self.messages: list[ReceivedMessage] = []

@@ -3,6 +3,7 @@ the loopback stand-ins, faults injected there, and what arrived in the mailboxes
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,9 +20,17 @@ from helpers import (
     owed,
     parts,
 )
-from standins import Fault
+from standins import Fault, SmtpStandin
 
 from digest.announce import new_papers_expected
+
+
+@pytest.fixture(params=[True, False], ids=["pipelining", "plain"])
+def smtp(request: pytest.FixtureRequest) -> Iterator[SmtpStandin]:
+    """The mail server offering PIPELINING (digest's envelope in one write) or not (smtplib's
+    own path): every fault is met the same way on both."""
+    with SmtpStandin(pipelining=request.param) as standin:
+        yield standin
 
 
 @pytest.fixture
@@ -256,6 +265,27 @@ def test_a_lost_connection_in_the_middle_of_a_batch_reconnects_and_goes_on(
     assert "closed the connection" in result.stderr
     assert_each_paper_once(digest, owed(digest.arxiv.papers))
     assert len(digest.smtp.messages) == 3
+
+
+def test_a_refused_sender_stops_the_run_with_one_line_and_marks_nothing(digest: Digest) -> None:
+    """MAIL refused (here: the server wants a login digest was not given): the envelope's other
+    replies (pipelined or not) change nothing; the run stops, everything stays owed."""
+    digest.smtp.auth = ("digest", "secret")  # no DIGEST_SMTP_USER: MAIL gets a 530
+
+    result = digest.run("send")
+
+    assert result.returncode == 1
+    assert error_lines(result.stderr) == [
+        "Error: the mail server refused the sender digest@example.org (530 5.7.0 "
+        "Authentication required); check DIGEST_FROM"
+    ]
+    assert digest.smtp.messages == []
+    assert digest.query("SELECT count(*) FROM deliveries") == [(0,)]
+
+    digest.smtp.auth = None
+    again = digest.run("send")
+    assert again.returncode == 0, again.stderr
+    assert_each_paper_once(digest, owed(digest.arxiv.papers))
 
 
 def test_a_refused_login_stops_the_run_with_one_line_and_marks_nothing(digest: Digest) -> None:
