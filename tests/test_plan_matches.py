@@ -1,4 +1,4 @@
-"""A run plans every subscriber with `match.Matches` (each keyword's papers sorted once); it must
+"""A run plans every subscriber with `matches.Matches` (each keyword's papers sorted once); it must
 give exactly what `match.plan_digest`, the rule as written, gives, whatever the subscriber."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import random
 
 from test_render_equivalence import seed_papers
 
-from digest.match import Hit, Matches, author_key, literal_pattern, literal_spans, plan_digest
+from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
+from digest.matches import Matches
 from digest.models import Paper, Subscriber
 
 PHRASES = [
