@@ -16,12 +16,24 @@ from digest.models import Digest, Entry, Paper, Section, Span, Subscriber
 
 SPANS_KEPT = 200_000  # merged highlights kept (then forgotten and merged again)
 
+Row = tuple[str, int, Entry]
+"""A paper of one keyword, newest first: its id, the phrases that matched it (bits of
+`Matches._bits`) and its entry when that keyword is the only one that tags it."""
+
 
 class Matches:
     """One run's matches (`hits`, `papers`, `by_author`, as `plan_digest` takes them), planned
-    for many subscribers: each keyword's papers sorted newest first once, and the entries that
-    subscribers have in common made once (`memo`). `plan` gives exactly what `plan_digest`
-    gives; the common case (keywords only) without re-checking every paper per subscriber."""
+    for many subscribers. `plan` gives exactly what `plan_digest` gives; the common case
+    (keywords only) from what is worked out once per run, not again per subscriber:
+
+    - each phrase of `hits` is a bit, each paper the bits of the phrases that matched it, so
+      whether an earlier keyword of a reader took a paper, and which later keywords also tag
+      it, is one `&` each (most papers are tagged with their section's keyword alone);
+    - each keyword's papers newest first, with their bits and their entry tagged with that
+      keyword alone (`_alone`);
+    - the entries subscribers have in common (`memo`), so readers share the same `Entry` for
+      the same (paper, tags): building finds each reader's version of a block by the entry.
+    """
 
     def __init__(
         self,
@@ -32,8 +44,15 @@ class Matches:
         self.hits, self.papers, self.by_author = hits, papers, by_author or {}
         self.memo: dict[tuple[object, ...], Entry] = {}
         self._alone: dict[str, dict[str, Entry]] = {}  # keyword -> paper -> entry tagged so
+        self._rows: dict[str, list[Row]] = {}  # keyword as written -> its papers newest first
+        self._tagged: dict[tuple[str, ...], dict[str, Entry]] = {}  # tags -> memo's entries
         self._oldest_first: dict[str, tuple[list[str], list[datetime]]] = {}
-        self._spans: dict[tuple[str, frozenset[str]], tuple[tuple[Span, ...], ...]] = {}
+        self._spans: dict[tuple[str, int], tuple[tuple[Span, ...], ...]] = {}
+        self._bits = {phrase: 1 << n for n, phrase in enumerate(hits)}
+        self._member: dict[str, int] = {}  # paper id -> the phrases that matched it (bits)
+        for phrase, found in hits.items():
+            for paper_id in found:
+                self._member[paper_id] = self._member.get(paper_id, 0) | self._bits[phrase]
 
     def plan(
         self,
@@ -61,63 +80,94 @@ class Matches:
                 since=since,
                 memo=self.memo,
             )
-        placed = set(delivered)
-        chosen: list[list[str]] = []  # per keyword: the papers it is the first to match
-        for keyword in folded:
-            ids, published = self._ordered(keyword)
-            start = bisect_left(published, since) if since is not None else 0
-            newest = ids[: start - 1 if start else None : -1]
-            mine = [p for p in newest if p not in placed] if placed else newest
-            placed.update(mine)
-            chosen.append(mine)
-        found = [self.hits.get(keyword) or {} for keyword in folded]
+        bits = [self._bits.get(keyword, 0) for keyword in folded]
+        later = [0] * len(bits)  # per keyword: the reader's keywords after it (bits)
+        for n in range(len(bits) - 1, 0, -1):
+            later[n - 1] = later[n] | bits[n]
+        named = list(zip(bits, keywords, strict=True))
         sections = []
-        memo, papers = self.memo, self.papers
-        for n, ids in enumerate(chosen):
-            if not ids:
-                continue
-            heading = keywords[n]
-            later = [(keywords[m], found[m]) for m in range(n + 1, len(keywords)) if found[m]]
-            # Papers no later keyword matched are tagged with the heading alone.
-            alone = self._alone.get(heading)
-            if alone is None:
-                alone = self._alone[heading] = {}
-            tagged = set().union(*(in_k for _, in_k in later)) if later else ()
-            entries = []
-            for paper_id in ids:
-                if paper_id not in tagged:
-                    entry = alone.get(paper_id)
-                    if entry is None:
-                        entry = alone[paper_id] = self._entry(papers[paper_id], (heading,))
-                    entries.append(entry)
+        earlier = 0  # the reader's keywords before this one: they took their papers
+        for n, heading in enumerate(keywords):
+            rows = self._newest(heading, since)
+            if delivered:
+                rows = [row for row in rows if row[0] not in delivered]
+            after = later[n]
+            tagsets: dict[int, tuple[tuple[str, ...], dict[str, Entry]]] = {}  # by later bits
+            entries: list[Entry] = []
+            add = entries.append
+            for paper_id, mask, entry in rows:
+                if mask & earlier:
                     continue
-                tags = (heading, *[k for k, in_k in later if paper_id in in_k])
-                entry = memo.get((paper_id, tags, ()))
-                if entry is None:
-                    entry = memo[paper_id, tags, ()] = self._entry(papers[paper_id], tags)
-                entries.append(entry)
-            sections.append(Section(heading, tuple(entries)))
+                also = mask & after
+                if also:  # later keywords tag it too (the common case: the heading alone)
+                    known = tagsets.get(also)
+                    if known is None:
+                        known = tagsets[also] = self._tags(heading, named[n + 1 :], also)
+                    tags, shared = known
+                    entry = shared.get(paper_id)
+                    if entry is None:
+                        entry = shared[paper_id] = self._shared(paper_id, tags, also | bits[n])
+                add(entry)
+            if entries:
+                sections.append(Section(heading, tuple(entries)))
+            earlier |= bits[n]
         return Digest(subscriber=subscriber, sections=tuple(sections), day=day)
 
     def forget(self) -> None:
         """Let go of the entries made so far (they are made again when needed)."""
-        self.memo, self._alone = {}, {}
+        self.memo, self._alone, self._rows, self._tagged = {}, {}, {}, {}
 
-    def _entry(self, paper: Paper, tags: tuple[str, ...]) -> Entry:
-        """`_entry(paper, tags, (), hits)`, its highlights merged once per set of keywords
-        (readers who follow them in another order share them)."""
+    def _tags(
+        self, heading: str, later: list[tuple[int, str]], also: int
+    ) -> tuple[tuple[str, ...], dict[str, Entry]]:
+        """The tags of a paper in the section of `heading` that the reader's keywords `later`
+        (their bits and as written) of `also` match too, and the entries so tagged."""
+        tags = (heading, *[keyword for bit, keyword in later if also & bit])
+        shared = self._tagged.get(tags)
+        if shared is None:
+            shared = self._tagged[tags] = {}
+        return tags, shared
+
+    def _shared(self, paper_id: str, tags: tuple[str, ...], tag_bits: int) -> Entry:
+        """The entry of `memo` for this paper with these keywords, made if it is not there."""
+        entry = self.memo.get((paper_id, tags, ()))
+        if entry is None:
+            entry = self.memo[paper_id, tags, ()] = self._entry(paper_id, tags, tag_bits)
+        return entry
+
+    def _entry(self, paper_id: str, tags: tuple[str, ...], tag_bits: int) -> Entry:
+        """`_entry(paper, tags, (), hits)`; `tag_bits` are the tags' phrases (`_bits`), so
+        the highlights are merged once per set of keywords (readers who follow them in
+        another order share them)."""
+        paper = self.papers[paper_id]
         if len(tags) == 1:
-            title, abstract = self.hits[tags[0].casefold()][paper.id]
+            title, abstract = self.hits[tags[0].casefold()][paper_id]
             return Entry(paper, tags, title, abstract)
-        key = (paper.id, frozenset(tag.casefold() for tag in tags))
-        spans = self._spans.get(key)
+        spans = self._spans.get((paper_id, tag_bits))
         if spans is None:
-            found = [self.hits[tag.casefold()][paper.id] for tag in tags]
+            found = [self.hits[tag.casefold()][paper_id] for tag in tags]
             spans = merge_spans(*(t for t, _ in found)), merge_spans(*(a for _, a in found))
             if len(self._spans) >= SPANS_KEPT:
                 self._spans.clear()
-            self._spans[key] = spans
+            self._spans[paper_id, tag_bits] = spans
         return Entry(paper, tags, *spans)
+
+    def _newest(self, keyword: str, since: datetime | None) -> list[Row]:
+        """The papers `keyword` (as the reader wrote it) matched, first published at or after
+        `since` (None: all), newest first."""
+        rows = self._rows.get(keyword)
+        folded = keyword.casefold()
+        ids, published = self._ordered(folded)
+        if rows is None:
+            alone = self._alone.setdefault(keyword, {})
+            bit, member = self._bits.get(folded, 0), self._member
+            for paper_id in ids:
+                if paper_id not in alone:
+                    alone[paper_id] = self._entry(paper_id, (keyword,), bit)
+            rows = self._rows[keyword] = [(p, member[p], alone[p]) for p in reversed(ids)]
+        if since is None or not published or published[0] >= since:
+            return rows
+        return rows[: len(ids) - bisect_left(published, since)]
 
     def _ordered(self, keyword: str) -> tuple[list[str], list[datetime]]:
         """The papers `keyword` (casefolded) matched, oldest first, and when each appeared."""
