@@ -30,9 +30,10 @@ class Matches:
       whether an earlier keyword of a reader took a paper, and which later keywords also tag
       it, is one `&` each (most papers are tagged with their section's keyword alone);
     - each keyword's papers newest first, with their bits and their entry tagged with that
-      keyword alone (`_alone`);
-    - the entries subscribers have in common (`memo`), so readers share the same `Entry` for
-      the same (paper, tags): building finds each reader's version of a block by the entry.
+      keyword alone;
+    - every entry made once (`memo`, which `plan_digest` shares for the readers it plans), so
+      readers share the same `Entry` for the same (paper, tags, authors): building finds each
+      reader's version of a block by the entry itself.
     """
 
     def __init__(
@@ -43,7 +44,6 @@ class Matches:
     ) -> None:
         self.hits, self.papers, self.by_author = hits, papers, by_author or {}
         self.memo: dict[tuple[object, ...], Entry] = {}
-        self._alone: dict[str, dict[str, Entry]] = {}  # keyword -> paper -> entry tagged so
         self._rows: dict[str, list[Row]] = {}  # keyword as written -> its papers newest first
         self._tagged: dict[tuple[str, ...], dict[str, Entry]] = {}  # tags -> memo's entries
         self._oldest_first: dict[str, tuple[list[str], list[datetime]]] = {}
@@ -115,7 +115,7 @@ class Matches:
 
     def forget(self) -> None:
         """Let go of the entries made so far (they are made again when needed)."""
-        self.memo, self._alone, self._rows, self._tagged = {}, {}, {}, {}
+        self.memo, self._rows, self._tagged = {}, {}, {}
 
     def _tags(
         self, heading: str, later: list[tuple[int, str]], also: int
@@ -159,12 +159,10 @@ class Matches:
         folded = keyword.casefold()
         ids, published = self._ordered(folded)
         if rows is None:
-            alone = self._alone.setdefault(keyword, {})
-            bit, member = self._bits.get(folded, 0), self._member
-            for paper_id in ids:
-                if paper_id not in alone:
-                    alone[paper_id] = self._entry(paper_id, (keyword,), bit)
-            rows = self._rows[keyword] = [(p, member[p], alone[p]) for p in reversed(ids)]
+            bit, member, tags = self._bits.get(folded, 0), self._member, (keyword,)
+            rows = self._rows[keyword] = [
+                (p, member[p], self._shared(p, tags, bit)) for p in reversed(ids)
+            ]
         if since is None or not published or published[0] >= since:
             return rows
         return rows[: len(ids) - bisect_left(published, since)]
