@@ -19,13 +19,13 @@ from digest import outbox, store
 from digest import trending as trending_stage
 from digest.match import (
     Hit,
-    Matches,
     author_key,
     distinct_keywords,
     literal_filter,
     owed_since,
     plan_digest,
 )
+from digest.matches import Matches
 from digest.models import RECOMMENDED_SECTION, Digest, Entry, Paper, Section, Subscriber
 
 CHUNK = 200  # subscribers planned together: one bulk query for their deliveries and refusals

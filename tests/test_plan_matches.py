@@ -1,4 +1,4 @@
-"""A run plans every subscriber with `match.Matches` (each keyword's papers sorted once); it must
+"""A run plans every subscriber with `matches.Matches` (each keyword's papers sorted once); it must
 give exactly what `match.plan_digest`, the rule as written, gives, whatever the subscriber."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import random
 
 from test_render_equivalence import seed_papers
 
-from digest.match import Hit, Matches, author_key, literal_pattern, literal_spans, plan_digest
+from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
+from digest.matches import Matches
 from digest.models import Paper, Subscriber
 
 PHRASES = [
@@ -79,3 +80,46 @@ def test_planning_a_run_gives_what_the_rule_gives_for_any_subscriber() -> None:
     a = matches.plan(Subscriber("a@example.org", ("reasoning",)), set(), "2026-11-22")
     b = matches.plan(Subscriber("b@example.org", ("reasoning", "zzz")), set(), "2026-11-22")
     assert a.entries and all(x is y for x, y in zip(a.entries, b.entries, strict=True))
+
+
+def test_readers_of_the_same_keywords_in_any_order_get_the_rule_and_share_entries() -> None:
+    """Many readers follow the same few keyword lists, each in their own order and spelling,
+    with daily or weekly windows and papers already delivered: each gets what the rule gives,
+    and every (paper, tags, authors) is one `Entry` object across all of them (building finds
+    a reader's version of a block by the entry), also for readers the rule plans itself."""
+    papers = _papers()
+    by_id = {p.id: p for p in papers[:-3]}
+    hits = _hits(papers)
+    by_author = {author_key(papers[0].authors[0]): [papers[0].id]}
+    matches = Matches(hits, by_id, by_author)
+    rng = random.Random(5)
+    times = sorted({p.published for p in papers})
+    lists = [rng.sample(PHRASES, rng.randint(2, 5)) for _ in range(12)]
+    lists.append(["reasoning", "not a phrase of the run", "agent"])  # no hits at all
+    seen: dict[tuple[object, ...], object] = {}
+    planned = []
+    for n in range(400):
+        keywords = rng.sample(lists[n % len(lists)], len(lists[n % len(lists)]))  # shuffled
+        if n % 3 == 0:  # their heading spelled otherwise, or (the rule's path) followed twice
+            keywords[rng.randrange(len(keywords))] = keywords[0].title()
+        person = Subscriber(
+            email=f"reader{n}@example.org",
+            keywords=tuple(keywords),
+            exclude=("benchmark",) if n % 9 == 0 else (),  # planned by the rule, same memo
+        )
+        delivered = {p.id for p in rng.sample(papers, rng.randint(1, 30))} if n % 2 else set()
+        since = rng.choice([*times[: len(times) // 2], None]) if n % 5 else None
+        expected = plan_digest(
+            person, hits, by_id, delivered, "2026-11-22", by_author=by_author, since=since
+        )
+        got = matches.plan(person, delivered, "2026-11-22", since)
+        assert got == expected, person
+        planned.append((person, delivered, since, got))
+        for entry in got.entries:
+            key = (entry.paper.id, entry.keywords, entry.authors)
+            assert seen.setdefault(key, entry) is entry, key
+    assert sum(len(d.entries) for *_, d in planned) > 4000
+    assert sum(1 for e in seen if len(e[1]) > 1) > 200  # many papers with several tags
+    matches.forget()  # what was made is let go of, and made again the same
+    for person, delivered, since, digest in planned[:50]:
+        assert matches.plan(person, delivered, "2026-11-22", since) == digest
