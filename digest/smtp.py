@@ -38,8 +38,9 @@ class _Direct:
     the envelope pipelined (RFC 2920) when the server offers PIPELINING: MAIL, RCPT and DATA go
     in one write and their replies are read together, so a message costs two waits on the
     server, not four. Each wait is also a wait for the GIL while the main thread builds the
-    next emails: pipelined, a broad send's senders kept up ~35% better (the same build load,
-    the same Postfix). Anything else takes smtplib's own path."""
+    next emails: pipelined, the sender pool pushed 1.1-1.7x the emails/s of the plain path
+    (ten alternated pairs, the same build load on the main thread, the same Postfix). Anything
+    else takes smtplib's own path."""
 
     def sendmail(
         self,
