@@ -217,17 +217,13 @@ def fill(
         else:
             shown = compact if kind == "C" else slots[section]
             section += kind == "P"
-            if into is None:  # only the encodings: from each piece's joined encoding
-                if links is None:
-                    for piece, _ in shown:
-                        piece.encode(html, encoded)
-                else:
-                    codes = links.codes
-                    for piece, paper_id in shown:
-                        piece.encode(html, encoded, codes(paper_id, html))
-            elif links is None:
+            if links is None:
                 for piece, _ in shown:
                     piece.write(html, into, encoded)
+            elif into is None:  # only the encodings: the links' encodings alone
+                codes = links.codes
+                for piece, paper_id in shown:
+                    piece.encode(html, encoded, codes(paper_id, html))
             else:
                 pair = links.pair
                 for piece, paper_id in shown:
