@@ -28,6 +28,7 @@ from typing import Any
 HOST = "127.0.0.1"
 CONFIG = Path("/etc/postfix")
 BACKUP_SUFFIX = ".digest-bench-backup"
+ABSENT_SUFFIX = ".digest-bench-absent"  # the file did not exist: restoring removes it
 LOG = Path("/var/log/postfix-digest-bench.log")
 LOCK = Path("/run/lock/digest-bench-postfix.lock")
 
@@ -41,6 +42,9 @@ SETTINGS = {
     "alias_maps": "",
     "alias_database": "",
     "mynetworks": "127.0.0.0/8",
+    # Debian's main.cf says these; an install with "No configuration" has no main.cf at all
+    "compatibility_level": "3.6",
+    "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
     "default_transport": "discard",
     "relay_transport": "discard",
     "local_transport": "discard",
@@ -129,7 +133,8 @@ class PostfixReceiver:
             print("postfix: another benchmark holds the machine's Postfix; waiting", flush=True)
             fcntl.flock(self._lock, fcntl.LOCK_EX)
         try:
-            if any(CONFIG.glob("*" + BACKUP_SUFFIX)):  # a benchmark killed before its exit
+            left = [*CONFIG.glob("*" + BACKUP_SUFFIX), *CONFIG.glob("*" + ABSENT_SUFFIX)]
+            if left:  # a benchmark killed before its exit
                 self._stop()  # left its Postfix and its backups
                 self._restore()
             if _run("postfix", "status", check=False).returncode == 0:
@@ -138,7 +143,11 @@ class PostfixReceiver:
                     "benchmark does not reconfigure a live mail system (`postfix stop` first)"
                 )
             for name in ("main.cf", "master.cf"):
-                shutil.copy2(CONFIG / name, CONFIG / (name + BACKUP_SUFFIX))
+                if (CONFIG / name).exists():
+                    shutil.copy2(CONFIG / name, CONFIG / (name + BACKUP_SUFFIX))
+                else:  # Debian's "No configuration" install has no main.cf
+                    (CONFIG / (name + ABSENT_SUFFIX)).touch()
+                    (CONFIG / name).touch()
             self._ours = True
             self._configure()
             self._start()
@@ -210,6 +219,10 @@ class PostfixReceiver:
             if backup.exists():
                 shutil.copy2(backup, CONFIG / name)
                 backup.unlink()
+            absent = CONFIG / (name + ABSENT_SUFFIX)
+            if absent.exists():
+                (CONFIG / name).unlink(missing_ok=True)
+                absent.unlink()
 
     # --- the receiver interface the benchmark uses -------------------------------------
 
