@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from test_render_equivalence import KEYWORDS, _digests, _papers  # noqa: E402
 
 from digest import mailer  # noqa: E402
+from digest.assemble import Renderer  # noqa: E402
 from digest.dkim import Signer, body_hash, split_message  # noqa: E402
-from digest.render import Renderer  # noqa: E402
 
 SENDER = "arXiv digest <digest@example.org>"
 URL = "https://digest.example.org/u/token"

@@ -56,7 +56,7 @@ import internals  # noqa: E402
 from helpers import SENDER, Digest  # noqa: E402
 from postfix_receiver import PostfixReceiver  # noqa: E402
 from report import detail_table, dry_run_line, machine, main_table  # noqa: E402
-from smtp_sink import SmtpSink  # noqa: E402
+from smtp_sink import SmtpSink, read_spool  # noqa: E402
 from standins import ArxivStandin  # noqa: E402
 
 PUBLIC_URL = "https://digest.example.org"
@@ -124,12 +124,34 @@ class Run:
 # --- one run ---------------------------------------------------------------------------------
 
 
+DKIM_ENV: dict[str, str] = {}  # --dkim: DIGEST_DKIM_KEY and DIGEST_DKIM_SELECTOR
+
+
+def dkim_key(work: Path) -> dict[str, str]:
+    """A fresh 2048-bit RSA key in `work` (as an operator would make one) and the settings
+    that make `digest send` sign every email with it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = work / "dkim.pem"
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return {"DIGEST_DKIM_KEY": str(path), "DIGEST_DKIM_SELECTOR": "bench"}
+
+
 def installation(home: Path, arxiv: TimedArxiv, receiver: Any, connections: int) -> Digest:
     home.mkdir(parents=True)
     extra = {
         "DIGEST_SMTP_CONNECTIONS": str(connections),
         "DIGEST_PUBLIC_URL": PUBLIC_URL,
         "DIGEST_SECRET": SECRET,
+        **DKIM_ENV,
     }
     return Digest(home, arxiv, receiver, extra)  # type: ignore[arg-type]
 
@@ -290,11 +312,24 @@ def receiver_run(
         before, _ = _bare(args, receiver, spool)
         receiver.wait_idle()
     run = run_once(where, rows, profile, receiver, capture)
+    if DKIM_ENV and capture is not None:
+        _check_signed(capture)
     receiver.wait_idle()
     after, run.bare_messages = _bare(args, receiver, spool)
     run.bare_per_s = 2 / (1 / before + 1 / after) if before and after else after
     run.bare_before_per_s, run.bare_after_per_s = before, after
     return run
+
+
+def _check_signed(spool: Path) -> None:
+    """--dkim: the messages the sink took carry a DKIM signature (the first one checked)."""
+    for _, _, offset, size in read_spool(spool):
+        with spool.open("rb") as handle:
+            handle.seek(offset)
+            head = handle.read(min(size, 4096))
+        if not head.startswith(b"DKIM-Signature:"):
+            raise SystemExit(f"--dkim: the emails {spool} holds are not DKIM-signed")
+        return
 
 
 def _sides(run: Run) -> str:
@@ -373,6 +408,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "last CPU to itself and digest, the bare client and the stand-in the others, as when "
         "the mail server is another machine)",
     )
+    parser.add_argument(
+        "--dkim",
+        action="store_true",
+        help="sign every email (DIGEST_DKIM_KEY: a fresh 2048-bit RSA key); the bare client "
+        "resends the same signed messages",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--json", type=Path, help="also write every run's figures here")
     args = parser.parse_args(argv)
@@ -413,6 +454,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="digest-bench-"))
     runs: list[Run] = []
     try:
+        if args.dkim:
+            DKIM_ENV.update(dkim_key(work))
+            print("DKIM: every email signed (2048-bit RSA, relaxed/relaxed, selector bench)")
         with ExitStack() as stack:
             sink = stack.enter_context(SmtpSink(server_cpus))
             if args.requests_check:
