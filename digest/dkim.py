@@ -54,6 +54,7 @@ MIN_KEY_BITS = 1024
 _POLICY = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZE))
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")  # only the runs relaxed changes (not single spaces)
+_SPACES = re.compile(rb"  +")  # the same, in a body without tabs
 _HEADER_NAME = "DKIM-Signature"
 
 
@@ -61,15 +62,16 @@ def relaxed_body(body: bytes) -> bytes:
     """The body in DKIM's relaxed canonical form (RFC 6376 3.4.4), for CRLF-ended lines: no
     space or tab at a line's end, each run of them one space, no empty lines at the end.
 
-    What dkimpy's `Relaxed.canonicalize_body` gives (checked in the tests), ~20 times faster
-    on our emails: Python's regex engine is slow on a run per space, so the common case (no
-    tab, no space at a line's end: quoted-printable encodes those) only halves double spaces
-    with bytes.replace, in C, until none is left."""
+    What dkimpy's `Relaxed.canonicalize_body` gives (checked in the tests), ~40 times faster
+    on our emails. Python's regex engine is slow on a pattern that can start at every space,
+    so the common case (no tab, no space at a line's end: quoted-printable encodes those) only
+    replaces runs of two or more spaces: a pattern with a literal start, found in C (0.24 ms
+    for a 150 KB email; halving double spaces with bytes.replace until none is left took 3-4
+    passes, 0.75 ms)."""
     if b"\t" in body or b" \r\n" in body or body.endswith(b" "):
         body = _WSP_RUN.sub(b" ", _TRAILING_WSP.sub(b"\r\n", body))
     else:
-        while b"  " in body:
-            body = body.replace(b"  ", b" ")
+        body = _SPACES.sub(b" ", body)
     body = strip_trailing_lines(body)
     return b"" if body == b"\r\n" else body
 

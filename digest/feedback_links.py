@@ -125,19 +125,25 @@ class ReaderLinks:
         """`tails` of each of these papers; their MACs base64-encoded in one call (24 bytes
         are 32 characters without padding, so the encodings of the MACs joined are the
         joined encodings: `_split`'s, checked in tests/test_render_equivalence.py)."""
-        copy = (reader or self.mac()).copy
-        macs = []
-        for paper_id in paper_ids:
-            mac = copy()
-            mac.update(paper_id.encode())
-            macs.append(mac.digest())
-        both = base64.urlsafe_b64encode(b"".join(macs)).decode()
+        both = self.macs_b64(paper_ids, reader).decode()
         tails = []
         for at, paper_id in zip(range(0, len(both), 2 * MAC_CHARS), paper_ids, strict=True):
             shown = paper_id.replace("/", "!")
             more, less = both[at : at + MAC_CHARS], both[at + MAC_CHARS : at + 2 * MAC_CHARS]
             tails.append((f"m~{shown}~{more}", f"n~{shown}~{less}"))
         return tails
+
+    def macs_b64(self, paper_ids: Sequence[str], reader: Any = None) -> bytes:
+        """The MACs of these papers' links, joined and base64-encoded in one call:
+        2 x MAC_CHARS characters a paper, the "m" link's then the "n" link's (`reader`: this
+        reader's `mac()`, when already made)."""
+        copy = (reader or self.mac()).copy
+        macs = []
+        for paper_id in paper_ids:
+            mac = copy()
+            mac.update(paper_id.encode())
+            macs.append(mac.digest())
+        return base64.urlsafe_b64encode(b"".join(macs))
 
     def mac(self) -> Any:
         return _reader_mac(self.key, self.subscriber)

@@ -15,7 +15,6 @@ serializer writes an `<a href>` value, with its quotes (`_href`).
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -130,13 +129,7 @@ class EmailLinks:
         plain = [paper_id for paper_id in todo if _short_id(paper_id)] if self.plain else []
         if plain:
             html, text = self.html_start[1], self.text_start[1]
-            copy = self._mac.copy
-            macs = []
-            for paper_id in plain:
-                mac = copy()
-                mac.update(paper_id.encode())
-                macs.append(mac.digest())
-            both = base64.urlsafe_b64encode(b"".join(macs))  # as ReaderLinks.tails_many
+            both = self.links.macs_b64(plain, self._mac)  # as ReaderLinks.tails_many
             for at, paper_id in zip(range(0, len(both), 2 * MAC_CHARS), plain, strict=True):
                 start_more, start_less = _tail_starts(paper_id)
                 more = start_more + both[at : at + MAC_CHARS]

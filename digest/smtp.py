@@ -42,6 +42,8 @@ class _Direct:
     (ten alternated pairs, the same build load on the main thread, the same Postfix). Anything
     else takes smtplib's own path."""
 
+    _ready: bytes | None = None  # the message `sendmail` found wire-ready, while it sends it
+
     def sendmail(
         self,
         from_addr: str,
@@ -64,9 +66,13 @@ class _Direct:
             if self.has_extn("pipelining"):  # type: ignore[attr-defined]
                 self._pipelined(from_addr, to_addrs[0], msg)
                 return {}
-        return super().sendmail(  # type: ignore[misc,no-any-return]
-            from_addr, to_addrs, msg, mail_options, rcpt_options
-        )
+            self._ready = msg  # scanned: `data` need not scan it again
+        try:
+            return super().sendmail(  # type: ignore[misc,no-any-return]
+                from_addr, to_addrs, msg, mail_options, rcpt_options
+            )
+        finally:
+            self._ready = None
 
     def _pipelined(self, sender: str, to: str, msg: bytes) -> None:
         """MAIL, RCPT and DATA at once, then the message: what `sendmail` does and raises for
@@ -89,8 +95,7 @@ class _Direct:
         if data[0] != 354:
             self._end(data[0])
             raise smtplib.SMTPDataError(data[0], data[1])
-        self.send(msg + b".\r\n")  # type: ignore[attr-defined]
-        code, reply = self.getreply()  # type: ignore[attr-defined]
+        code, reply = self._message(msg)
         if code != 250:
             self._end(code)
             raise smtplib.SMTPDataError(code, reply)
@@ -103,12 +108,17 @@ class _Direct:
             self._rset()  # type: ignore[attr-defined]
 
     def data(self, msg: bytes | str) -> tuple[int, bytes]:
-        if not isinstance(msg, bytes) or not wire_ready(msg):
+        ready = msg is self._ready or (isinstance(msg, bytes) and wire_ready(msg))
+        if not ready:
             return super().data(msg)  # type: ignore[misc,no-any-return]
         self.putcmd("data")  # type: ignore[attr-defined]
         code, reply = self.getreply()  # type: ignore[attr-defined]
         if code != 354:
             raise smtplib.SMTPDataError(code, reply)
+        return self._message(msg)  # type: ignore[arg-type]
+
+    def _message(self, msg: bytes) -> tuple[int, bytes]:
+        """After the server's 354: the message, wire-ready, its end, and the server's reply."""
         self.send(msg + b".\r\n")  # type: ignore[attr-defined]
         return self.getreply()  # type: ignore[attr-defined,no-any-return]
 

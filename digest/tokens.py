@@ -43,7 +43,6 @@ def serializer(secret: str, salt: str = SALT) -> URLSafeSerializer:
 _PAYLOADS = URLSafeSerializer(b"unused")  # for its dump_payload: neither secret nor salt in it
 
 
-@lru_cache(maxsize=1024)
 @lru_cache(maxsize=64)  # an email's four tokens are made one after another
 def payload(subscriber_key: str) -> bytes:
     """The part of a token before the signature, the same for every secret and salt:

@@ -123,6 +123,13 @@ def test_relaxed_body_matches_dkimpy_on_awkward_whitespace() -> None:
         b"a  b\t\tc \t d   \r\n  indented\r\n\t\r\nend \t\r\n\r\n\r\n",
         b"no final line end  ",
         b" \t \r\n",
+        # no tab, no space before a line end: the path quoted-printable bodies take
+        b"a  b   c"
+        + b" " * 17
+        + b"d\r\n"
+        + b" " * 64
+        + b"<td>\r\n  x  \r\n".replace(b"  \r", b"\r"),
+        b"  leading\r\nand  mid  line\r\n\r\n",
     ]
     for body in cases:
         assert relaxed_body(body) == dkim.canonicalization.Relaxed.canonicalize_body(body)
