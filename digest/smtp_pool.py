@@ -46,10 +46,14 @@ class Pool(Generic[J]):
         spacer = Spacer(settings.smtp_rate)  # DIGEST_SMTP_RATE is for all connections together
         self.messengers = [Messenger(settings, spacer) for _ in range(settings.smtp_connections)]
         self.accepted, self.finished = accepted, finished
-        # The last touch on each message, on its sender's thread (the DKIM signature: OpenSSL
-        # and hashlib let go of the GIL, so it runs beside the main thread's building).
+        # The last touch on each message (the DKIM signature), made when it is handed out, on
+        # the caller's thread: a sender only sends. Signed on the sender, each message waited
+        # on its signature (~1 ms, nearly all of it holding the GIL) between the server's
+        # reply to the last one and its own MAIL: against a server that takes mail as fast as
+        # it comes, each connection idled that long per message (whole-run ratio against
+        # aiosmtpd 0.75 signed there; bench/RESULTS.md).
         self.seal = seal
-        self.jobs: list[queue.SimpleQueue[J | None]] = [
+        self.jobs: list[queue.SimpleQueue[tuple[J, bytes] | None]] = [
             queue.SimpleQueue() for _ in self.messengers
         ]
         self.load = [0] * len(self.messengers)  # messages handed to each, result not yet taken
@@ -97,18 +101,23 @@ class Pool(Generic[J]):
         chosen = min(order, key=lambda n: self.load[n])
         self.turn = (chosen + 1) % self.size
         self.load[chosen] += 1
-        self.jobs[chosen].put(job)
+        try:
+            data = self.seal(job.data) if self.seal is not None else job.data
+        except Exception as exc:  # as a failed send: the caller stops the run, email pending
+            self.results.put((job, exc))
+            return chosen
+        self.jobs[chosen].put((job, data))
         return chosen
 
     def done(self, connection: int) -> None:
         """The caller took a result of `connection`."""
         self.load[connection] -= 1
 
-    def _work(self, messenger: Messenger, jobs: queue.SimpleQueue[J | None]) -> None:
+    def _work(self, messenger: Messenger, jobs: queue.SimpleQueue[tuple[J, bytes] | None]) -> None:
         try:
-            while (job := jobs.get()) is not None:
+            while (handed := jobs.get()) is not None:
+                job, data = handed
                 try:
-                    data = self.seal(job.data) if self.seal is not None else job.data
                     result: SendResult | Exception = messenger.send(data, job.to)
                     if isinstance(result, SendResult) and result.accepted:
                         self.accepted(job)
@@ -124,11 +133,11 @@ class Pool(Generic[J]):
         for connection, waiting in enumerate(self.jobs):
             while True:
                 try:
-                    job = waiting.get_nowait()
+                    handed = waiting.get_nowait()
                 except queue.Empty:
                     break
-                if job is not None:
-                    jobs.append((job, connection))
+                if handed is not None:
+                    jobs.append((handed[0], connection))
                     self.done(connection)
         return jobs
 
