@@ -36,7 +36,7 @@ from dataclasses import replace
 from itertools import accumulate, chain
 
 from digest.blocks import Blocks
-from digest.budget import largest
+from digest.budget import LIST_MARKUP, largest
 from digest.feedback_links import ReaderLinks
 from digest.layouts import Layout, Layouts, fill
 from digest.mailer import encoded, join_qp, qp_size, qp_weight
@@ -309,6 +309,22 @@ class Renderer:
             room = (self.budget - at) * 72 // 75
             return min(max(bisect_right(growth, growth[n] + room) - 1, 0), upper)
 
+        def whole_fits(f: int) -> bool:
+            # Every paper in full, when the first f in full with the rest compact are over
+            # the budget: it can fit all the same, without the compact list's own markup
+            # (budget.LIST_MARKUP), unless the papers from f on add more than that in full
+            # (then it weighs at least what the first f in full did). A paper's full form
+            # holds its compact one (title and link): full pieces are made only that far.
+            compact = made(total, compacts, compact_sums, True)
+            growth = 0
+            while f < total:
+                sums = made(f + 1, fulls, full_sums, False)
+                growth += sums[f + 1] - sums[f] - (compact[f + 1] - compact[f])
+                if growth >= LIST_MARKUP:
+                    return False
+                f += 1
+            return size(total, total) <= self.budget
+
         def choose() -> tuple[int, int]:
             # `fit`'s answer, with pieces made only as far as it looks: everything in full
             # first when the last email fitted so (what fit() asks first).
@@ -337,6 +353,8 @@ class Renderer:
                 if qp_size(quick) > self.budget and size(f, total) > self.budget:
                     over = f
                     break
+            if whole_fits(over):
+                return total, total
             full = largest(lambda n: size(n, total) <= self.budget, over, over - 1)
             if full > 0 or size(0, total) <= self.budget:
                 return full, total

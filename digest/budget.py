@@ -11,6 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# All in full is a choice of its own kind: without the compact list's own markup (its section,
+# heading and list: ~2.0 KB in our layouts) it can fit where the email with the last paper or
+# two compact does not. `LIST_MARKUP` is at most what that markup weighs: papers in full that
+# add more than that over their compact forms settle it (all in full cannot fit either).
+LIST_MARKUP = 4096
+WHOLE_REACH = 4  # `fit_holds` asks all in full when at most this many papers are not in full
+
 
 def fit(
     size: Callable[[int, int], int],
@@ -71,12 +78,15 @@ def fit_holds(
     known: dict[tuple[int, int], int] | None = None,
 ) -> bool:
     """Whether `fit(size, total, budget)` gives (`full`, `shown`), asking `size` at most
-    three times: at the edges of the choice (a choice's size grows with its papers, which
-    `fit`'s binary search assumes too, so the largest that fits is the one just below the
-    first that does not). `known`: sizes already measured, by (full, shown).
+    four times: at the edges of the choice (a choice's size grows with its papers in full or
+    shown, which `fit`'s binary search assumes too, so the largest that fits is the one just
+    below the first that does not), and everything in full when it can matter. `known`:
+    sizes already measured, by (full, shown).
 
-    Everything in full is asked only when that is the choice: a choice that does not fit
-    with fewer papers in full (or none) cannot fit with all of them in full."""
+    Everything in full (`fit`'s first question) can fit where fewer in full with the rest
+    compact do not (`LIST_MARKUP`): it is asked when at most `WHOLE_REACH` papers are not in
+    full; past that, their full forms are taken to outweigh the list's markup (the renderer's
+    own search reasons the same way, from the pieces' sizes)."""
     memo: dict[tuple[int, int], int] = dict(known or {})
 
     def fits(f: int, s: int) -> bool:
@@ -86,6 +96,8 @@ def fit_holds(
 
     if total == 0 or (full, shown) == (total, total):
         return (full, shown) == (0, 0) if total == 0 else fits(total, total)
+    if total - full <= WHOLE_REACH and fits(total, total):
+        return False
     if shown == total:  # as many in full as fit, the rest compact (so not all in full)
         return fits(full, total) and not fits(full + 1, total)
     # None in full, and as many compact ones as fit (so not all of them, even compact).

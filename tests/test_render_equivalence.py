@@ -17,7 +17,7 @@ from standins import load_papers
 
 from digest import feedback_links
 from digest.assemble import Renderer
-from digest.budget import fit, fit_holds, largest
+from digest.budget import WHOLE_REACH, fit, fit_holds, largest
 from digest.feedback_links import ReaderLinks
 from digest.mailer import encoded, qp_part, qp_weight
 from digest.match import Hit, author_key, literal_pattern, literal_spans, plan_digest
@@ -269,11 +269,16 @@ def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
     rng = random.Random(3)
     for _ in range(300):
         total = rng.randint(0, 12)
-        full_cost = [rng.randint(50, 400) for _ in range(total)]
         compact_cost = [rng.randint(5, 50) for _ in range(total)]
+        # The compact list's own markup; a paper in full adds more than its compact form,
+        # enough that more than WHOLE_REACH of them outweigh that markup (budget.LIST_MARKUP).
+        markup = rng.choice([0, rng.randint(1, 600)])
+        more = markup // WHOLE_REACH + 1
+        full_cost = [c + rng.randint(more, more + 350) for c in compact_cost]
 
         def size(f: int, s: int) -> int:
-            return 100 + sum(full_cost[:f]) + sum(compact_cost[f:s])  # noqa: B023
+            listed = markup if s > f else 0  # noqa: B023
+            return 100 + listed + sum(full_cost[:f]) + sum(compact_cost[f:s])  # noqa: B023
 
         budget = rng.randint(50, 3000)
         chosen = fit(size, total, budget)
@@ -284,8 +289,8 @@ def test_the_budget_check_at_the_edges_agrees_with_the_whole_search() -> None:
             return size(f, s)
 
         assert fit_holds(counted, total, budget, *chosen)
-        assert len(asked) <= 3
-        if chosen[1] < total:  # not all shown: all in full is implied not to fit, never asked
+        assert len(asked) <= 4
+        if total - chosen[0] > WHOLE_REACH:  # all in full is implied not to fit, never asked
             assert (total, total) not in asked
         known = {chosen: size(*chosen)}  # a rendering of the choice made already is not redone
         asked.clear()
