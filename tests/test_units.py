@@ -95,3 +95,29 @@ def test_message_ids_do_not_contain_the_from_address() -> None:
     for message_id in ids:
         assert message_id.startswith("<") and message_id.endswith("@example.org>")
         assert "digest@example.org" not in message_id
+
+
+@pytest.mark.parametrize("pipelining", [True, False])
+def test_a_line_starting_with_a_dot_arrives_as_written(pipelining: bool) -> None:
+    # The wire-ready check (no line starting with ".") lets a message go as it is; one with
+    # such a line takes smtplib's dot-stuffing. Either way the server gets the same lines.
+    from standins import SmtpStandin
+
+    from digest.smtp import Messenger, wire_ready
+
+    head = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\n\r\n"
+    plain = head + b"line one\r\n=2E not a dot line\r\nend\r\n"
+    dotted = head + b"line one\r\n.a dot line\r\n..two\r\n.\r\nend\r\n"
+    assert wire_ready(plain) and not wire_ready(dotted)
+    assert not wire_ready(b".starts\r\n") and not wire_ready(b"no line end")
+    with SmtpStandin(pipelining=pipelining) as smtp:
+        env = {
+            "DIGEST_SMTP_HOST": smtp.host,
+            "DIGEST_SMTP_PORT": str(smtp.port),
+            "DIGEST_SMTP_SECURITY": "none",
+            "DIGEST_FROM": "a@example.org",
+        }
+        with Messenger(Settings.from_env(env)) as messenger:
+            for data in (plain, dotted):
+                assert messenger.send(data, "b@example.org").accepted
+        assert [m.raw for m in smtp.messages] == [plain, dotted]
