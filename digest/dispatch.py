@@ -50,6 +50,7 @@ class _Item:
     new: outbox.NewEmail | None = None  # not in the outbox yet: commit it before handing it out
     tries: int = 0
     connection: int = 0  # the sender it was last handed to
+    body_hash: bytes | None = None  # DKIM's, when the builder worked it out
 
     @property
     def to(self) -> str:
@@ -100,9 +101,8 @@ class Dispatcher:
         self.timings, self.should_stop, self.sleep = timings, should_stop, sleep
         recorder = _Recorder(settings.db_path)
         signer = dkim_signer(settings)
-        self.pool: Pool[_Item] = Pool(
-            settings, recorder.accepted, recorder.finished, signer.sign if signer else None
-        )
+        seal = (lambda item: signer.seal(item.data, item.body_hash)) if signer else None
+        self.pool: Pool[_Item] = Pool(settings, recorder.accepted, recorder.finished, seal)
         self.retry: list[_Item] = []
         self.buffer: list[_Item] = []
         self.batch = self.PER_CONNECTION * settings.smtp_connections
@@ -149,7 +149,7 @@ class Dispatcher:
         item = _Item(
             built.person, built.message_id, built.data, built.papers, len(built.data), resumed
         )
-        item.new, item.seq = new, self._reserve()
+        item.new, item.seq, item.body_hash = new, self._reserve(), built.body_hash
         self.buffer.append(item)
         self._pump()
         while len(self.buffer) >= self.batch and not self.halted:  # memory stays flat

@@ -11,9 +11,14 @@ Two paths give the same signature:
   here: its body canonicalization and its pure-Python RSA);
 - `Signer.sign(message)` / `Signer.header(head, body_hash)`: the body hash with two C-level
   regular expressions over the body bytes (RFC 6376 3.4.4, as dkimpy's `Relaxed`), the header
-  hash with dkimpy's own functions (`rfc822_parse`, `hash_headers`, `fold`), and the RSA
-  PKCS#1 v1.5 signature by OpenSSL (`cryptography`), a few ms. The tests check both produce
-  byte for byte the same header and that `dkim.verify` accepts it.
+  block canonicalized in one pass (`relaxed_headers`, as dkimpy's), the fields chosen and
+  folded by dkimpy's own functions (`select_headers`, `fold`), and the RSA PKCS#1 v1.5
+  signature by OpenSSL (`cryptography`). The tests check both produce byte for byte the same
+  header and that `dkim.verify` accepts it.
+The send path signs with `Signer.seal(message, body_hash)`: every body mailer.message_bytes
+writes is already in relaxed canonical form, so build.Builder gives each email's body hash as
+the body's own sha256 (`canonical_body_hash`, checked on a sample against `body_hash`), and
+sealing costs the header's hash and the RSA signature (~0.35 ms, RSA-2048 0.25 of it).
 """
 
 from __future__ import annotations
@@ -81,6 +86,47 @@ def body_hash(body: bytes) -> bytes:
     return base64.b64encode(hashlib.sha256(relaxed_body(body)).digest())
 
 
+def canonical_body_hash(message: bytes) -> bytes:
+    """bh= of a message whose body is already in relaxed canonical form, as message_bytes
+    writes every body (mailer._qp): the sha256 of the body as it is, with no pass over it
+    (0.08 against `body_hash`'s 0.4 ms for a 150 KB email). The same as `body_hash` of that
+    body: checked in the tests, and on a sample of each run's emails by build.Builder."""
+    start = message.index(b"\r\n\r\n") + 4
+    return base64.b64encode(hashlib.sha256(memoryview(message)[start:]).digest())
+
+
+_UNFOLD = re.compile(rb"\r\n(?=[\t ])")
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")  # (what dkim.rfc822_parse takes)
+
+
+def relaxed_headers(head: bytes) -> list[tuple[bytes, bytes]] | None:
+    """The fields of a header block (CRLF lines, as mailer.message_bytes writes it) in DKIM's
+    relaxed canonical form, as (name, value + CRLF): what dkimpy's `rfc822_parse` and
+    `Relaxed.canonicalize_headers` give (checked in the tests), from one pass that unfolds the
+    block (~25 against ~75 us for our 11 fields). None for a block it leaves to dkimpy (a bare
+    line end, a line that is not a field)."""
+    if head.count(b"\n") != head.count(b"\r\n"):
+        return None
+    fields = []
+    for line in _UNFOLD.sub(b"", head).split(b"\r\n"):
+        if not line:
+            continue
+        name, colon, value = line.partition(b":")
+        if not colon or not _FIELD_NAME.fullmatch(name):
+            return None
+        fields.append((name.lower(), _relaxed_value(value) + b"\r\n"))
+    return fields
+
+
+def _relaxed_value(value: bytes) -> bytes:
+    """A field's value, unfolded, in relaxed form: each run of spaces and tabs one space, none
+    at either end."""
+    return _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip()
+
+
+_WSP = re.compile(rb"[\t ]+")
+
+
 def split_message(message: bytes) -> tuple[bytes, bytes]:
     """(header block with its CRLFs, body) of a CRLF message."""
     head, found, body = message.partition(b"\r\n\r\n")
@@ -126,10 +172,17 @@ class Signer:
             return self.sign_with_dkimpy(message) + message
         return self.header(head, body_hash(body), timestamp=timestamp) + message
 
+    def seal(self, message: bytes, body_hash: bytes | None = None) -> bytes:
+        """`sign(message)`; given its body's hash (`body_hash`, worked out as the message was
+        built: build.Builder), only its header block is read."""
+        if body_hash is None:
+            return self.sign(message)
+        head = message[: message.index(b"\r\n\r\n") + 2]
+        return self.header(head, body_hash) + message
+
     def header(self, head: bytes, bh: bytes, *, timestamp: int | None = None) -> bytes:
         """The DKIM-Signature header line (CRLF-ended) for a message whose header block is
         `head` and whose body hash (`body_hash(body)`) is `bh`: prepend it to the message."""
-        headers, _ = dkim.rfc822_parse(head + b"\r\n")
         domain, selector = self.domain.encode("ascii"), self.selector.encode("ascii")
         fields = [
             (b"v", b"1"),
@@ -144,19 +197,27 @@ class Signer:
             (b"bh", bh),
             (b"b", b"0" * 60),  # as dkimpy: b= folds onto a line of its own
         ]
-        # What dkimpy's DomainSigner.gen_header does, with OpenSSL's RSA instead of its own.
+        # What dkimpy's DomainSigner.gen_header does, with OpenSSL's RSA instead of its own
+        # and the header block canonicalized in one pass (`relaxed_headers`) when it can be.
         name = _HEADER_NAME.encode("ascii")
         value = dkim.fold(b"; ".join(b"=".join(f) for f in fields), namelen=len(name))
         value = dkim.RE_BTAG.sub(b"\\1", value)
         hasher = hashlib.sha256()
-        dkim.hash_headers(
-            hasher,
-            _POLICY,
-            _POLICY.canonicalize_headers(headers),
-            SIGNED_HEADERS,
-            (name, b" " + value),
-            dict(fields),
-        )
+        canonical = relaxed_headers(head)
+        if canonical is not None:  # (as dkim.hash_headers hashes them)
+            signed = dkim.select_headers(canonical, SIGNED_HEADERS)
+            own = _relaxed_value(b" " + value)
+            hasher.update(b"".join([*(n + b":" + v for n, v in signed), b"dkim-signature:", own]))
+        else:
+            headers, _ = dkim.rfc822_parse(head + b"\r\n")
+            dkim.hash_headers(
+                hasher,
+                _POLICY,
+                _POLICY.canonicalize_headers(headers),
+                SIGNED_HEADERS,
+                (name, b" " + value),
+                dict(fields),
+            )
         key: rsa.RSAPrivateKey = self._key  # type: ignore[attr-defined]
         signature = key.sign(hasher.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256()))
         fields[-1] = (b"b", base64.b64encode(signature))

@@ -141,14 +141,21 @@ def _wire_safe(line: bytes) -> bytes:
 
 def _qp(data: bytes) -> bytes:
     """`data` as quoted-printable lines ending in LF (binascii's C encoder), each at most 76
-    characters, none starting with "." or "From "."""
+    characters, none starting with "." or "From ", already in DKIM's relaxed canonical form
+    (RFC 6376 3.4.4): no tab, no run of spaces, no space at a line's end (written =09, =20).
+    So a body joined from such lines needs no canonicalizing pass: its DKIM body hash is its
+    own sha256 (dkim.canonical_body_hash)."""
     encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    if b"\t" in encoded:  # (binascii escapes a tab or space only before a line end)
+        encoded = encoded.replace(b"\t", b"=09")
+    if b"  " in encoded:  # e.g. the text part's indents: "   " -> " =20 "
+        encoded = encoded.replace(b"  ", b" =20")
     if encoded.startswith((b".", b"From ")):
         encoded = (b"=2E" if encoded[:1] == b"." else b"=46") + encoded[1:]
     if b"\n." in encoded or b"\nFrom " in encoded:  # e.g. CSS rules: ".hl { ... }"
         encoded = encoded.replace(b"\n.", b"\n=2E").replace(b"\nFrom ", b"\n=46rom ")
     lines = encoded.split(b"\n")
-    if max(map(len, lines)) > MAX_QP_LINE:  # rare: binascii's trailing-space escape, or =2E
+    if max(map(len, lines)) > MAX_QP_LINE:  # rare: the escapes above or binascii's at a line end
         encoded = b"\n".join(
             _wire_safe(line) if len(line) > MAX_QP_LINE else line for line in lines
         )
@@ -171,9 +178,13 @@ _HIGH = bytes(range(128, 256))
 
 def qp_weight(text: str) -> int:
     """Bytes `text` takes as quoted-printable, before soft line breaks: its UTF-8 bytes, two
-    more for each byte that must be escaped (non-ASCII, "="). Adds up over pieces."""
+    more for each byte that must be escaped (non-ASCII, "=", a tab, the second space of each
+    pair). Adds up over pieces (but for a run of spaces across two of them: a few bytes)."""
     data = text.encode()
-    return len(data) + 2 * (len(data) - len(data.translate(None, _HIGH)) + data.count(b"="))
+    escaped = len(data) - len(data.translate(None, _HIGH)) + data.count(b"=")
+    if b"\t" in data or b"  " in data:
+        escaped += data.count(b"\t") + data.count(b"  ")
+    return len(data) + 2 * escaped
 
 
 def qp_size(weight: int) -> int:

@@ -41,7 +41,7 @@ class Pool(Generic[J]):
         settings: Settings,
         accepted: Callable[[J], None],
         finished: Callable[[], None] = lambda: None,
-        seal: Callable[[bytes], bytes] | None = None,
+        seal: Callable[[J], bytes] | None = None,
     ) -> None:
         spacer = Spacer(settings.smtp_rate)  # DIGEST_SMTP_RATE is for all connections together
         self.messengers = [Messenger(settings, spacer) for _ in range(settings.smtp_connections)]
@@ -102,7 +102,7 @@ class Pool(Generic[J]):
         self.turn = (chosen + 1) % self.size
         self.load[chosen] += 1
         try:
-            data = self.seal(job.data) if self.seal is not None else job.data
+            data = self.seal(job) if self.seal is not None else job.data
         except Exception as exc:  # as a failed send: the caller stops the run, email pending
             self.results.put((job, exc))
             return chosen

@@ -75,7 +75,7 @@ def send_test(settings: Settings, email: str, to: str, *, now: datetime | None =
     data = built.data
     signer = dkim_signer(settings)
     if signer is not None:
-        data = signer.sign(data)
+        data = signer.seal(data, built.body_hash)
     with Messenger(settings) as messenger:
         result = messenger.send(data, to)
     return SentTest(to, person.email, built.papers, len(data), result.accepted, result.detail)
