@@ -103,7 +103,7 @@ def relaxed_headers(head: bytes) -> list[tuple[bytes, bytes]] | None:
     """The fields of a header block (CRLF lines, as mailer.message_bytes writes it) in DKIM's
     relaxed canonical form, as (name, value + CRLF): what dkimpy's `rfc822_parse` and
     `Relaxed.canonicalize_headers` give (checked in the tests), from one pass that unfolds the
-    block (~25 against ~75 us for our 11 fields). None for a block it leaves to dkimpy (a bare
+    block (~20 against ~60 us for our 11 fields). None for a block it leaves to dkimpy (a bare
     line end, a line that is not a field)."""
     if head.count(b"\n") != head.count(b"\r\n"):
         return None
