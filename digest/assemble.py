@@ -309,13 +309,13 @@ class Renderer:
             room = (self.budget - at) * 72 // 75
             return min(max(bisect_right(growth, growth[n] + room) - 1, 0), upper)
 
-        def whole_fits(f: int) -> bool:
+        def whole_fits(f: int, compact: list[int]) -> bool:
             # Every paper in full, when the first f in full with the rest compact are over
             # the budget: it can fit all the same, without the compact list's own markup
             # (budget.LIST_MARKUP), unless the papers from f on add more than that in full
             # (then it weighs at least what the first f in full did). A paper's full form
             # holds its compact one (title and link): full pieces are made only that far.
-            compact = made(total, compacts, compact_sums, True)
+            # (`compact`: every paper's compact piece sizes, summed.)
             growth = 0
             while f < total:
                 sums = made(f + 1, fulls, full_sums, False)
@@ -353,7 +353,7 @@ class Renderer:
                 if qp_size(quick) > self.budget and size(f, total) > self.budget:
                     over = f
                     break
-            if whole_fits(over):
+            if whole_fits(over, compact):
                 return total, total
             full = largest(lambda n: size(n, total) <= self.budget, over, over - 1)
             if full > 0 or size(0, total) <= self.budget:
