@@ -60,6 +60,7 @@ _POLICY = CanonicalizationPolicy.from_c_value(b"/".join(CANONICALIZE))
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")
 _WSP_RUN = re.compile(rb"\t[\t ]*| [\t ]+")  # only the runs relaxed changes (not single spaces)
 _SPACES = re.compile(rb"  +")  # the same, in a body without tabs
+_WSP = re.compile(rb"[\t ]+")  # every run, single spaces too (a header value's, relaxed)
 _HEADER_NAME = "DKIM-Signature"
 
 
@@ -122,9 +123,6 @@ def _relaxed_value(value: bytes) -> bytes:
     """A field's value, unfolded, in relaxed form: each run of spaces and tabs one space, none
     at either end."""
     return _WSP.sub(b" ", value.replace(b"\r\n", b"")).strip()
-
-
-_WSP = re.compile(rb"[\t ]+")
 
 
 def split_message(message: bytes) -> tuple[bytes, bytes]:
